@@ -1,0 +1,33 @@
+# ech0 — two commands: `make demo` and `make test`. Each does its own set-up, idempotently.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ech0-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MLFLOW_ENABLE_ASYNC_LOGGING := true
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@# A bare `torch` requirement would pull a multi-GB CUDA build: install the pinned CPU wheel first.
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,bench,slurm]'
+	@touch $@
+
+demo: setup
+	$(PY) -m ech0.demo
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.train_throughput --out benchmarks/results/train_throughput.json
+
+clean:
+	rm -rf .pytest_cache build *.egg-info
