@@ -1,0 +1,410 @@
+"""Import legacy dumps (JSON array, JSONL, pretty-printed objects) into the canonical raw stage.
+
+    python scripts/import_legacy_data.py --input legacy.json --tag crypto
+    python -m ech0.data import --input dump.jsonl --name qa --map prompt=question --map completion=best_answer
+
+Recognised shapes (detected per row, counted in the summary and the manifest):
+
+==================  ==========================================================================
+prompt_completion   ``prompt`` + ``completion`` (already canonical; also prompt/response)
+alpaca              ``instruction`` [+ ``input``] + ``output``  (prompt = instruction + blank line + input)
+question_answer     ``question`` + ``answer``  (also query/response, input/output)
+openai_chat         ``messages``: [{role, content}] -> the last assistant turn is the completion,
+                    the turns before it are the prompt (a lone user turn verbatim, else
+                    "System: ...", "User: ...", "Assistant: ..." blocks)
+sharegpt            ``conversations``: [{from, value}] (human/gpt/system), rendered the same way
+self_instruct       ``instruction`` + ``instances``: [{input, output}] -> one row per instance
+==================  ==========================================================================
+
+``--map FIELD=KEY`` (FIELD in prompt, completion, tags, quality_score, id; KEY a dotted path, or
+several joined with ``+``) overrides detection for every row. Every row keeps its provenance in
+``metadata``: source file name, line (and array item), original id, ``--tag``, shape, instance, and
+the keys it did not use under ``metadata.extra``. Raw rows are a faithful copy (not redacted: the
+clean stage redacts); the rejects file is redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from ech0 import paths
+from ech0.data import manifest as mf
+from ech0.data.reader import DEFAULT_MAX_LINE_BYTES, iter_records, sniff
+from ech0.data.redact import Redactor
+from ech0.data.schema import check_row, clean_text, clean_value, parse_values
+from ech0.data.stage import check_name, default_name, make_progress
+from ech0.errors import UserError
+from ech0.io import atomic_open
+
+MAP_FIELDS = ("prompt", "completion", "tags", "quality_score", "id")
+ID_KEYS = ("id", "_id", "uid", "uuid", "task_id", "idx")
+USER_ROLES = {"user": "user", "human": "user", "prompter": "user"}
+ASSISTANT_ROLES = {"assistant": "assistant", "gpt": "assistant", "bot": "assistant", "chatgpt": "assistant",
+                   "model": "assistant", "bard": "assistant", "bing": "assistant", "claude": "assistant"}
+SYSTEM_ROLES = {"system": "system", "developer": "system"}
+TOOL_ROLES = {"tool": "tool", "function": "tool", "ipython": "tool", "observation": "tool"}
+
+
+class Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_maps(items: list[str] | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise UserError(f"--map {it!r}: expected FIELD=KEY, e.g. --map prompt=question")
+        field, key = it.split("=", 1)
+        field = field.strip()
+        if field not in MAP_FIELDS:
+            raise UserError(f"--map {it!r}: FIELD must be one of {', '.join(MAP_FIELDS)}")
+        keys = [k.strip() for k in key.split("+") if k.strip()]
+        if not keys:
+            raise UserError(f"--map {it!r}: KEY is empty")
+        out[field] = keys
+    return out
+
+
+def _get(obj, dotted: str):
+    cur = obj
+    for part in dotted.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            raise KeyError(dotted)
+    return cur
+
+
+def _text(v, what: str) -> str:
+    if isinstance(v, str):
+        return v
+    raise Reject("wrong_type", f"{what}: expected a string, got {type(v).__name__ if v is not None else 'null'}")
+
+
+def _join(*parts: str) -> str:
+    return "\n\n".join(p for p in parts if p and p.strip())
+
+
+def _content(v, where: str) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        out = []
+        for j, part in enumerate(v):
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text") \
+                    and isinstance(part.get("text"), str):
+                out.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise Reject("bad_messages", f"{where}[{j}]: non-text content part ({kind!s:.30})")
+        return "\n".join(out)
+    raise Reject("bad_messages", f"{where}: content must be a string or a list of text parts")
+
+
+def _render_chat(turns: list[tuple[str, str]], key: str) -> tuple[str, str, dict]:
+    last = max((i for i, (r, _) in enumerate(turns) if r == "assistant"), default=-1)
+    if last < 0:
+        raise Reject("no_assistant_turn", f"{key}: no assistant turn to use as the completion")
+    history = turns[:last]
+    completion = turns[last][1]
+    extra = {}
+    if len(turns) > last + 1:
+        extra["trailing_turns_dropped"] = len(turns) - last - 1
+    roles = [r for r, _ in history]
+    if roles == ["user"]:
+        prompt = history[0][1]
+    elif roles == ["system", "user"]:
+        prompt = _join(history[0][1], history[1][1])
+    else:
+        prompt = "\n\n".join(f"{r.capitalize()}: {c}" for r, c in history)
+    extra["turns"] = len(history) + 1
+    return prompt, completion, extra
+
+
+def _chat_turns(msgs, key: str, role_key: str, content_key: str) -> list[tuple[str, str]]:
+    if not isinstance(msgs, list) or not msgs:
+        raise Reject("bad_messages", f"{key}: expected a non-empty list")
+    turns = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or role_key not in m:
+            raise Reject("bad_messages", f"{key}[{i}]: expected an object with {role_key!r} and {content_key!r}")
+        r = str(m[role_key]).lower()
+        role = USER_ROLES.get(r) or ASSISTANT_ROLES.get(r) or SYSTEM_ROLES.get(r) or TOOL_ROLES.get(r)
+        if role is None:
+            raise Reject("bad_messages", f"{key}[{i}]: unknown role {str(m[role_key])[:30]!r}")
+        turns.append((role, _content(m.get(content_key), f"{key}[{i}].{content_key}")))
+    return turns
+
+
+def detect(obj: dict) -> str | None:
+    if "prompt" in obj and "completion" in obj:
+        return "prompt_completion"
+    if "messages" in obj:
+        return "openai_chat"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "instruction" in obj and "instances" in obj:
+        return "self_instruct"
+    if "instruction" in obj and ("output" in obj or "response" in obj):
+        return "alpaca"
+    if "question" in obj and "answer" in obj:
+        return "question_answer"
+    if "prompt" in obj and "response" in obj:
+        return "prompt_response"
+    if "query" in obj and "response" in obj:
+        return "query_response"
+    if "input" in obj and "output" in obj:
+        return "input_output"
+    return None
+
+
+USED = {
+    "prompt_completion": {"prompt", "completion"},
+    "openai_chat": {"messages"},
+    "sharegpt": {"conversations"},
+    "self_instruct": {"instruction", "instances"},
+    "alpaca": {"instruction", "input", "output", "response"},
+    "question_answer": {"question", "answer"},
+    "prompt_response": {"prompt", "response"},
+    "query_response": {"query", "response"},
+    "input_output": {"input", "output"},
+}
+
+
+def convert(obj, maps: dict[str, list[str]]) -> tuple[str, list[tuple[str, str, dict]], set]:
+    """``obj`` -> (shape, [(prompt, completion, extra_metadata)], used_keys). Raises ``Reject``."""
+    if type(obj) is not dict:
+        raise Reject("not_an_object", f"row is a JSON {type(obj).__name__}, expected an object")
+    if "prompt" in maps or "completion" in maps:
+        if "prompt" not in maps or "completion" not in maps:
+            raise UserError("--map needs both prompt=... and completion=...")
+        vals = {}
+        for f in ("prompt", "completion"):
+            parts = []
+            for k in maps[f]:
+                try:
+                    parts.append(_text(_get(obj, k), k))
+                except KeyError:
+                    raise Reject("missing_key", f"--map {f}={'+'.join(maps[f])}: key {k!r} not in row") from None
+            vals[f] = _join(*parts)
+        used = {k.split(".")[0] for f in ("prompt", "completion") for k in maps[f]}
+        return "mapped", [(vals["prompt"], vals["completion"], {})], used
+    shape = detect(obj)
+    if shape is None:
+        keys = ", ".join(sorted(str(k)[:30] for k in obj)[:12])
+        raise Reject("unknown_shape", f"no known shape for keys [{keys}]; use --map prompt=KEY --map completion=KEY")
+    used = USED[shape]
+    if shape == "prompt_completion":
+        return shape, [(obj["prompt"], obj["completion"], {})], used  # types checked by check_row
+    if shape in ("question_answer", "prompt_response", "query_response", "input_output"):
+        pk = next(k for k in ("prompt", "question", "query", "input") if k in used)
+        ck = next(k for k in ("completion", "answer", "response", "output") if k in used)
+        return shape, [(_text(obj[pk], pk), _text(obj[ck], ck), {})], used
+    if shape == "alpaca":
+        ins = _text(obj["instruction"], "instruction")
+        inp = obj.get("input") or ""
+        out = obj["output"] if "output" in obj else obj["response"]
+        return shape, [(_join(ins, _text(inp, "input")), _text(out, "output"), {})], used
+    if shape == "self_instruct":
+        ins = _text(obj["instruction"], "instruction")
+        inst = obj["instances"]
+        if not isinstance(inst, list):
+            raise Reject("wrong_type", "instances: expected a list of {input, output}")
+        if not inst:
+            raise Reject("no_instances", "instances is empty")
+        rows = []
+        for i, it in enumerate(inst):
+            if not isinstance(it, dict) or "output" not in it:
+                raise Reject("wrong_type", f"instances[{i}]: expected an object with input and output")
+            inp = it.get("input") or ""
+            rows.append((_join(ins, _text(inp, f"instances[{i}].input")),
+                         _text(it["output"], f"instances[{i}].output"), {"instance": i}))
+        return shape, rows, used
+    if shape == "openai_chat":
+        p, c, extra = _render_chat(_chat_turns(obj["messages"], "messages", "role", "content"), "messages")
+        return shape, [(p, c, extra)], used
+    if shape == "sharegpt":
+        p, c, extra = _render_chat(_chat_turns(obj["conversations"], "conversations", "from", "value"),
+                                   "conversations")
+        return shape, [(p, c, extra)], used
+    raise AssertionError(shape)
+
+
+def _tags(obj: dict, maps, tag: list[str]):
+    key = maps.get("tags", ["tags"])[0]
+    try:
+        t = _get(obj, key)
+    except KeyError:
+        t = []
+    if isinstance(t, str):
+        t = [t]  # import is lenient here: one tag, never a list of characters
+    if isinstance(t, list):  # anything else is left as is: check_row rejects it with wrong_type
+        t = list(t) + [x for x in tag if x not in t]
+    return t, key.split(".")[0]
+
+
+def _quality(obj: dict, maps):
+    keys = maps.get("quality_score") or ["quality_score", "score", "quality"]
+    for k in keys:
+        try:
+            v = _get(obj, k)
+        except KeyError:
+            continue
+        if k == "quality_score" or maps.get("quality_score"):
+            return v, k.split(".")[0]  # validated strictly by check_row
+        if type(v) in (int, float) and math.isfinite(v) and 0 <= v <= 1:
+            return v, k
+    return None, None
+
+
+def _orig_id(obj: dict, maps):
+    for k in maps.get("id") or ID_KEYS:
+        try:
+            v = _get(obj, k)
+        except KeyError:
+            continue
+        if isinstance(v, (str, int)) and not isinstance(v, bool):
+            return v, k.split(".")[0]
+    return None, None
+
+
+def run_import(input: str, name: str | None = None, tags: list[str] | None = None, maps: list[str] | None = None,
+               max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, progress: bool | None = None) -> dict:
+    t0 = time.time()
+    src = Path(input).expanduser()
+    if not src.exists():
+        raise UserError(f"{input}: not found")
+    src = src.resolve()
+    name = check_name(name or default_name(src))
+    tag_list = [t.strip() for t in (tags or []) if t and t.strip()]
+    mp = parse_maps(maps)
+    fmt = sniff(src, max_line_bytes)
+    in_sha = mf.sha256_file(src)
+    out_path = paths.data_dir("raw") / f"{name}.jsonl"
+    rej_path = paths.data_dir("raw") / f"{name}.rejects.jsonl"
+    man_path = mf.manifest_path(name, "raw")
+    red = Redactor()
+    reasons: dict = {}
+    shapes: dict = {}
+    norm: dict = dict(fmt.notes)
+    read = kept = rejected = 0
+    source_name = src.name
+    bar = make_progress(fmt.size, f"import {name}", progress)
+
+    def reject(f, rec, item, reason, detail, row=None, text=None):
+        nonlocal rejected
+        out = {"line": rec.line}
+        if rec.offset is not None:
+            out["offset"] = rec.offset
+        if item is not None:
+            out["item"] = item
+        out["reason"] = reason
+        out["detail"] = red(detail) if detail else None
+        if row is not None:
+            out["row"] = clean_value(row, {}, red)
+        elif text is not None:
+            out["text"] = clean_value(text, {}, red)
+        f.write(json.dumps(out, ensure_ascii=False) + "\n")
+        reasons[reason] = reasons.get(reason, 0) + 1
+        rejected += 1
+
+    try:
+        with atomic_open(out_path) as out, atomic_open(rej_path) as rej:
+            for rec in iter_records(fmt, max_line_bytes, progress=bar.update):
+                if rec.error is not None:
+                    read += 1
+                    reject(rej, rec, rec.item, rec.error, rec.detail, text=rec.preview)
+                    continue
+                values, problem = parse_values(rec.text)
+                if problem is not None:
+                    read += 1
+                    reason, detail = problem
+                    if reason == "invalid_json" and rec.last:
+                        reason = "truncated_line"
+                    reject(rej, rec, rec.item, reason, detail, text=rec.text)
+                    continue
+                if len(values) > 1:
+                    norm["lines_with_several_objects"] = norm.get("lines_with_several_objects", 0) + 1
+                for k, obj in enumerate(values):
+                    item = k if len(values) > 1 else rec.item
+                    read += 1
+                    try:
+                        shape, rows, used = convert(obj, mp)
+                    except Reject as e:
+                        reject(rej, rec, item, e.reason, e.detail, row=obj)
+                        continue
+                    shapes[shape] = shapes.get(shape, 0) + 1
+                    t, tkey = _tags(obj, mp, tag_list)
+                    q, qkey = _quality(obj, mp)
+                    oid, idkey = _orig_id(obj, mp)
+                    extra = {kk: vv for kk, vv in obj.items()
+                             if kk not in used and kk not in (tkey, qkey, idkey, "metadata")}
+                    base_md = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+                    if "metadata" in obj and not isinstance(obj.get("metadata"), dict):
+                        extra["metadata"] = obj["metadata"]
+                    for p, c, more in rows:
+                        md = dict(base_md)
+                        md.update({"source": source_name, "line": rec.line})
+                        if item is not None:
+                            md["item"] = item
+                        if oid is not None:
+                            md["id"] = oid
+                        if tag_list:
+                            md["tag"] = tag_list[0] if len(tag_list) == 1 else list(tag_list)
+                        md["shape"] = shape
+                        md.update(more)
+                        if extra:
+                            md["extra"] = extra
+                        cand = {"prompt": p, "completion": c, "tags": t, "quality_score": q, "metadata": md}
+                        row, reason, detail = check_row(cand)
+                        if reason is not None:
+                            reject(rej, rec, item, reason, detail, row=cand)
+                            continue
+                        row["prompt"] = clean_text(row["prompt"], norm)
+                        row["completion"] = clean_text(row["completion"], norm)
+                        row["tags"] = [clean_text(x, norm) for x in row["tags"]]
+                        row["metadata"] = clean_value(row["metadata"], norm, lambda s: s)
+                        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        kept += 1
+                    if len(rows) > 1:
+                        read += len(rows) - 1  # one source object became several rows
+            if read == 0:
+                raise UserError(f"{src}: no rows (only blank lines or an empty array); nothing to import")
+            assert read == kept + rejected, (read, kept, rejected)
+    finally:
+        bar.close()
+    for k in ("blank_lines", "bom", "crlf", "unclosed_array"):
+        if k in fmt.notes:
+            norm[k] = fmt.notes[k]
+    man = mf.base(name, "raw", "import", {"input": str(input), "name": name, "tags": tag_list,
+                                          "map": {k: "+".join(v) for k, v in mp.items()},
+                                          "max_line_bytes": max_line_bytes})
+    man["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t0))
+    man["input"] = {"path": mf.rel(src), "sha256": in_sha, "bytes": src.stat().st_size, "format": fmt.mode,
+                    "rows": read}
+    man["output"] = mf.file_entry(out_path, kept)
+    man["rejects"] = mf.file_entry(rej_path, rejected)
+    man["counts"] = {"read": read, "kept": kept, "rejected": rejected}
+    man["shapes"] = dict(sorted(shapes.items()))
+    man["reject_reasons"] = dict(sorted(reasons.items()))
+    man["redactions"] = {}
+    man["redactions_in_rejects"] = dict(sorted(red.counts.items()))
+    man["normalizations"] = dict(sorted(norm.items()))
+    man["parent"] = None
+    man["finished_at"] = mf.now()
+    man["duration_s"] = round(time.time() - t0, 3)
+    mf.write(man_path, man)
+    man["_manifest_path"] = str(man_path)
+    return man

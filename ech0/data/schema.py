@@ -1,0 +1,223 @@
+"""The canonical row, reason codes, strict JSON parsing and schema checks.
+
+    from ech0.data.schema import parse_values, check_row
+    values, problem = parse_values(text)        # duplicate keys / NaN / depth are reported, not hidden
+    row, reason, detail = check_row(values[0])  # row is the normalised canonical dict, or reason is set
+
+Canonical row (one JSON object per line)::
+
+    {"prompt": str, "completion": str, "tags": [str, ...], "quality_score": float in [0, 1] | null,
+     "metadata": {...}}
+
+``prompt`` and ``completion`` are required, non-empty after stripping whitespace. ``tags``
+(default ``[]``), ``quality_score`` (default ``null`` = unscored) and ``metadata`` (default ``{}``)
+are optional; any other key is rejected (``unknown_key``) so a misspelt field is never ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+SCHEMA_VERSION = 1
+REQUIRED = ("prompt", "completion")
+OPTIONAL = {"tags": list, "quality_score": None, "metadata": dict}
+KEYS = ("prompt", "completion", "tags", "quality_score", "metadata")
+MAX_DEPTH = 32  # nesting allowed inside metadata (and anywhere in a row)
+MAX_TAGS = 256
+
+# reason code -> what it means (docs/data.md renders this table)
+REASONS = {
+    "invalid_utf8": "the line is not valid UTF-8 (line and byte offset reported)",
+    "invalid_json": "the line is not valid JSON",
+    "truncated_line": "the last line (or the last array item) ends mid-value: the file was cut off",
+    "line_too_long": "the line is over --max-line-bytes (default 1 MiB); skipped without being loaded",
+    "too_deep": f"values nested more than {MAX_DEPTH} levels deep",
+    "duplicate_key": "the same key appears twice in one object (JSON parsers silently keep the last)",
+    "non_finite": "NaN or Infinity somewhere in the row (not valid JSON; cannot be compared)",
+    "not_an_object": "the row is a JSON array, string, number, boolean or null, not an object",
+    "missing_key": "a required key (prompt, completion) is absent",
+    "unknown_key": "a key outside the canonical schema (misspelt field?)",
+    "wrong_type": "a field has the wrong type (e.g. tags as a string, a boolean quality_score)",
+    "empty_field": "prompt or completion (or a tag) is empty or whitespace-only",
+    "out_of_range": "quality_score outside [0, 1]",
+    "unknown_shape": "import: the object matches no known dataset shape (use --map)",
+    "no_assistant_turn": "import: a chat has no assistant message to use as the completion",
+    "bad_messages": "import: messages/conversations are not a list of {role, content} / {from, value}",
+    "no_instances": "import: a self-instruct task with an empty `instances` list",
+    "too_many_tokens": "prompt + completion is over --max-tokens with the model's tokenizer",
+    "low_quality": "quality_score below --min-quality",
+    "duplicate": "exact duplicate (normalised text) of a kept row with equal or higher quality",
+    "near_duplicate": "near duplicate (MinHash LSH, Jaccard >= threshold) of a kept row",
+}
+
+# characters removed or replaced in text fields, counted in the manifest under "normalizations"
+_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\r\u2028\u2029\ud800-\udfff]")
+_CTRL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURR = re.compile("[\ud800-\udfff]")
+
+
+class _Hooks:
+    """Per-parse state for json hooks: duplicate keys and NaN/Infinity are recorded, not hidden."""
+
+    __slots__ = ("dup", "nonfinite")
+
+    def __init__(self) -> None:
+        self.dup = None
+        self.nonfinite = None
+
+    def pairs(self, pairs):
+        d = dict(pairs)
+        if len(d) != len(pairs) and self.dup is None:
+            seen = set()
+            for k, _ in pairs:
+                if k in seen:
+                    self.dup = k
+                    break
+                seen.add(k)
+        return d
+
+    def constant(self, name):
+        if self.nonfinite is None:
+            self.nonfinite = name
+        return float(name.replace("Infinity", "inf"))
+
+
+_HOOKS = _Hooks()
+_DECODER = json.JSONDecoder(object_pairs_hook=_HOOKS.pairs, parse_constant=_HOOKS.constant, strict=False)
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def parse_values(text: str) -> tuple[list, tuple[str, str] | None]:
+    """Parse one line: usually one value, several when objects were concatenated on one line.
+
+    Returns ``(values, None)`` or ``([], (reason, detail))``. Duplicate keys and NaN/Infinity make
+    the whole line a reject (``duplicate_key`` / ``non_finite``) rather than being silently fixed.
+    """
+    h = _HOOKS
+    h.dup = None
+    h.nonfinite = None
+    values = []
+    n = len(text)
+    i = _WS.match(text, 0).end()
+    try:
+        while i < n:
+            v, i = _DECODER.raw_decode(text, i)
+            values.append(v)
+            i = _WS.match(text, i).end()
+    except RecursionError:
+        return [], ("too_deep", "nested too deeply to parse")
+    except json.JSONDecodeError as e:
+        return [], ("invalid_json", f"{e.msg} at column {e.pos + 1}")
+    if h.dup is not None:
+        return [], ("duplicate_key", f"key {_short(h.dup)!r} appears more than once in one object")
+    if h.nonfinite is not None:
+        return [], ("non_finite", f"{h.nonfinite} is not a valid JSON number")
+    if not values:
+        return [], ("invalid_json", "no JSON value on the line")
+    return values, None
+
+
+def _short(s: str, n: int = 40) -> str:
+    s = str(s)
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def _tname(v) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(v), type(v).__name__)
+
+
+def clean_text(s: str, counts: dict) -> str:
+    """Normalise line breaks and remove control characters / lone surrogates (each counted)."""
+    if _BAD.search(s) is None:
+        return s
+    if "\r" in s:
+        counts["crlf_in_text"] = counts.get("crlf_in_text", 0) + 1
+        s = s.replace("\r\n", "\n").replace("\r", "\n")
+    if "\u2028" in s or "\u2029" in s:
+        counts["line_separator"] = counts.get("line_separator", 0) + 1
+        s = s.replace("\u2028", "\n").replace("\u2029", "\n")
+    if _CTRL.search(s):
+        counts["control_chars"] = counts.get("control_chars", 0) + 1
+        s = _CTRL.sub("", s)
+    if _SURR.search(s):
+        counts["lone_surrogate"] = counts.get("lone_surrogate", 0) + 1
+        s = _SURR.sub("\ufffd", s)
+    return s
+
+
+def _depth_ok(v, depth: int = 0) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(v, dict):
+        return all(_depth_ok(x, depth + 1) for x in v.values())
+    if isinstance(v, list):
+        return all(_depth_ok(x, depth + 1) for x in v)
+    return True
+
+
+def clean_value(v, counts: dict, fix):
+    """Apply ``clean_text`` then ``fix`` (redaction) to every string in a JSON value, keys included."""
+    if isinstance(v, str):
+        return fix(clean_text(v, counts))
+    if isinstance(v, dict):
+        return {fix(clean_text(k, counts)) if isinstance(k, str) else k: clean_value(x, counts, fix)
+                for k, x in v.items()}
+    if isinstance(v, list):
+        return [clean_value(x, counts, fix) for x in v]
+    return v
+
+
+def check_row(obj) -> tuple[dict | None, str | None, str | None]:
+    """Strict schema check. Returns ``(row, None, None)`` or ``(None, reason, detail)``.
+
+    ``row`` has exactly the canonical keys (defaults filled in). Text is not yet cleaned or redacted.
+    """
+    if type(obj) is not dict:
+        return None, "not_an_object", f"row is a JSON {_tname(obj)}, expected an object"
+    for k in REQUIRED:
+        if k not in obj:
+            return None, "missing_key", f"missing required key {k!r}"
+    for k in obj:
+        if k not in OPTIONAL and k not in REQUIRED:
+            return None, "unknown_key", f"unknown key {_short(k)!r} (allowed: {', '.join(KEYS)})"
+    prompt = obj["prompt"]
+    completion = obj["completion"]
+    for k, v in (("prompt", prompt), ("completion", completion)):
+        if type(v) is not str:
+            return None, "wrong_type", f"{k}: expected a string, got {_tname(v)}"
+        if not v.strip():
+            return None, "empty_field", f"{k} is empty or whitespace-only"
+    tags = obj.get("tags", [])
+    if tags is None:
+        tags = []
+    if type(tags) is not list:
+        return None, "wrong_type", f"tags: expected an array of strings, got {_tname(tags)}"
+    for j, t in enumerate(tags):
+        if type(t) is not str:
+            return None, "wrong_type", f"tags[{j}]: expected a string, got {_tname(t)}"
+        if not t.strip():
+            return None, "empty_field", f"tags[{j}] is empty or whitespace-only"
+    if len(tags) > MAX_TAGS:
+        return None, "wrong_type", f"tags: {len(tags)} tags, more than {MAX_TAGS}"
+    q = obj.get("quality_score")
+    if q is not None:
+        if type(q) not in (int, float):  # bool is a subclass of int: rejected here on purpose
+            return None, "wrong_type", f"quality_score: expected a number in [0, 1] or null, got {_tname(q)}"
+        if not math.isfinite(q):
+            return None, "non_finite", f"quality_score is {q}"
+        if not 0.0 <= q <= 1.0:
+            return None, "out_of_range", f"quality_score {q} is outside [0, 1]"
+        q = float(q)
+    md = obj.get("metadata", {})
+    if md is None:
+        md = {}
+    if type(md) is not dict:
+        return None, "wrong_type", f"metadata: expected an object, got {_tname(md)}"
+    if md and not _depth_ok(md, 1):
+        return None, "too_deep", f"metadata is nested more than {MAX_DEPTH} levels deep"
+    return {"prompt": prompt, "completion": completion, "tags": tags, "quality_score": q, "metadata": md}, None, None
