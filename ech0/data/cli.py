@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_summary(man: dict, out=sys.stdout) -> None:
+def print_summary(man: dict, out=None) -> None:
+    out = out or sys.stdout
     c = man["counts"]
     w = out.write
     w(f"ech0 data {man['command']} [{man['stage']}] {man['name']}: {man['input']['path']} "

@@ -1,0 +1,328 @@
+"""Bad input: every case has a clear outcome, nothing is lost, fatal problems leave nothing behind.
+
+    HF_HUB_OFFLINE=1 python -m pytest -q tests/test_data_badinput.py
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from data_fixtures.helpers import accounted, read_jsonl, row, run_main, write_jsonl
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    monkeypatch.setenv("ECH0_HOME", str(h))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return h
+
+
+def validate(capsys, path, *extra, name="d"):
+    return run_main(capsys, "validate", "--input", str(path), "--name", name, "--no-progress", *extra)
+
+
+def rejects(home, name="d", stage="clean"):
+    return read_jsonl(home / "data" / stage / f"{name}.rejects.jsonl")
+
+
+def reasons(home, name="d", stage="clean"):
+    return [r["reason"] for r in rejects(home, name, stage)]
+
+
+def nothing_written(home):
+    data = home / "data"
+    left = [p for p in data.rglob("*") if p.is_file()] if data.exists() else []
+    meta = home / "metadata"
+    left += [p for p in meta.rglob("*") if p.is_file()] if meta.exists() else []
+    return left == []
+
+
+def test_invalid_utf8_reported_with_line_and_offset_and_keeps_going(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [row()], [b'{"prompt": "caf\xe9", "completion": "x"}\n'])
+    with open(p, "ab") as f:
+        f.write((json.dumps(row("after")) + "\n").encode())
+    code, out, err = validate(capsys, p)
+    assert code == 0, err
+    m = accounted(home, "d", "clean")
+    assert m["counts"]["kept"] == 2
+    (r,) = rejects(home)
+    assert r["reason"] == "invalid_utf8" and r["line"] == 2
+    first_len = len(json.dumps(row())) + 1
+    bad_at = first_len + len(b'{"prompt": "caf')
+    assert f"byte offset {bad_at}" in r["detail"]
+    assert "\\xe9" in r["text"]  # the raw line is kept (escaped) so nothing is lost
+    assert "read 3 = kept 2 + rejected 1" in out
+
+
+def test_bom_and_crlf(home, tmp_path, capsys):
+    p = tmp_path / "in.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row("a")) + "\r\n" + json.dumps(row("b")) + "\r\n").encode())
+    code, out, err = validate(capsys, p)
+    assert code == 0, err
+    m = accounted(home, "d", "clean")
+    assert m["counts"]["kept"] == 2
+    assert m["normalizations"]["bom"] == 1 and m["normalizations"]["crlf"] == 2
+
+
+def test_crlf_inside_text_is_normalised(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [row("line one\r\nline two")])
+    assert validate(capsys, p)[0] == 0
+    (r,) = read_jsonl(home / "data/clean/d.jsonl")
+    assert r["prompt"] == "line one\nline two"
+
+
+def test_truncated_last_line(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [row()], ['{"prompt": "cut off", "compl'])
+    code, out, err = validate(capsys, p)
+    assert code == 0, err
+    accounted(home, "d", "clean")
+    assert reasons(home) == ["truncated_line"]
+
+
+def test_blank_lines_are_counted_not_rows(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [row()], ["\n", "   \n", "\t\n", json.dumps(row("b")) + "\n", "\n"])
+    code, out, err = validate(capsys, p)
+    assert code == 0
+    m = accounted(home, "d", "clean")
+    assert m["counts"] == {"read": 2, "kept": 2, "rejected": 0}
+    assert m["normalizations"]["blank_lines"] == 4
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"[]", b"[\n]\n"])
+def test_empty_file_is_a_one_line_error(home, tmp_path, capsys, content):
+    p = tmp_path / "in.jsonl"
+    p.write_bytes(content)
+    code, out, err = validate(capsys, p)
+    assert code == 2
+    assert err.count("\n") == 1 and "in.jsonl" in err and ("empty" in err or "no rows" in err)
+    assert nothing_written(home)
+
+
+def test_json_array_where_jsonl_expected(home, tmp_path, capsys):
+    p = tmp_path / "in.json"
+    p.write_text(json.dumps([row("a"), row("b"), 5], indent=2))
+    code, out, err = validate(capsys, p)
+    assert code == 0, err
+    m = accounted(home, "d", "clean")
+    assert m["input"]["format"] == "array"
+    assert m["counts"] == {"read": 3, "kept": 2, "rejected": 1}
+    assert rejects(home)[0]["item"] == 2 and rejects(home)[0]["reason"] == "not_an_object"
+
+
+def test_jsonl_where_json_expected_and_pretty_printed_objects(home, tmp_path, capsys):
+    # import is documented for "legacy JSON"; JSONL and concatenated pretty-printed objects work too
+    p = write_jsonl(tmp_path / "legacy.json", [{"instruction": "Say hi", "output": "hi"}] * 2)
+    assert run_main(capsys, "import", "--input", str(p), "--no-progress")[0] == 0
+    assert accounted(home, "legacy", "raw")["counts"]["kept"] == 2
+    q = tmp_path / "pretty.json"
+    q.write_text("\n".join(json.dumps(row(str(i)), indent=2) for i in range(3)))
+    code, out, err = validate(capsys, q, name="pretty")
+    assert code == 0, err
+    m = accounted(home, "pretty", "clean")
+    assert m["input"]["format"] == "stream" and m["counts"]["kept"] == 3
+
+
+def test_several_objects_on_one_line_are_split(home, tmp_path, capsys):
+    p = tmp_path / "in.jsonl"
+    p.write_text(json.dumps(row("a")) + json.dumps(row("b")) + " " + json.dumps(row("c")) + "\n")
+    code, out, err = validate(capsys, p)
+    assert code == 0
+    m = accounted(home, "d", "clean")
+    assert m["counts"]["kept"] == 3 and m["normalizations"]["lines_with_several_objects"] == 1
+
+
+def test_non_object_rows(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [row(), [1, 2], "text", 3, None, True])
+    validate(capsys, p)
+    accounted(home, "d", "clean")
+    assert reasons(home) == ["not_an_object"] * 5
+
+
+def test_missing_and_unknown_keys(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x"}, {"completion": "y"}, dict(row(), respones="typo"),
+                                             {"prompt": "a", "completion": "b"}])
+    validate(capsys, p)
+    m = accounted(home, "d", "clean")
+    assert reasons(home) == ["missing_key", "missing_key", "unknown_key"]
+    assert "respones" in rejects(home)[2]["detail"]
+    (kept,) = read_jsonl(home / "data/clean/d.jsonl")
+    assert kept == {"prompt": "a", "completion": "b", "tags": [], "quality_score": None, "metadata": {}}
+    assert m["counts"]["kept"] == 1
+
+
+def test_wrong_types_are_strict(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [
+        row(tags="crypto"),  # a string is not a list of characters
+        row(quality_score=True),  # a boolean is not a score
+        row(quality_score="0.9"),
+        row(prompt=["a"]),
+        row(metadata=[1]),
+        row(tags=["ok", 3]),
+        row(quality_score=1.5),
+        row(quality_score=-0.1),
+        row(quality_score=1),  # an int in range is fine
+    ])
+    validate(capsys, p)
+    m = accounted(home, "d", "clean")
+    assert reasons(home) == ["wrong_type"] * 6 + ["out_of_range"] * 2
+    assert m["counts"]["kept"] == 1
+    assert read_jsonl(home / "data/clean/d.jsonl")[0]["quality_score"] == 1.0
+
+
+@pytest.mark.parametrize("const", ["NaN", "Infinity", "-Infinity"])
+def test_nan_infinity(home, tmp_path, capsys, const):
+    p = write_jsonl(tmp_path / "in.jsonl", [row()], [f'{{"prompt": "a", "completion": "b", "quality_score": {const}}}\n',
+                                                     f'{{"prompt": "a", "completion": "b", "metadata": {{"x": {const}}}}}\n'])
+    code, out, err = validate(capsys, p)
+    assert code == 0
+    accounted(home, "d", "clean")
+    assert reasons(home) == ["non_finite", "non_finite"]
+    # the rejects file is strict JSON (no NaN literal leaks out)
+    for line in open(home / "data/clean/d.rejects.jsonl"):
+        json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+
+def test_duplicate_keys(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [], ['{"prompt": "a", "completion": "b", "prompt": "c"}\n',
+                                                '{"prompt": "a", "completion": "b", "metadata": {"k": 1, "k": 2}}\n'])
+    validate(capsys, p)
+    accounted(home, "d", "clean")
+    assert reasons(home) == ["duplicate_key", "duplicate_key"]
+
+
+def test_empty_and_whitespace_fields(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [row(""), row("   \n\t"), row("a", ""), row(tags=[" "]), row("\u0000\u0001")])
+    validate(capsys, p)
+    accounted(home, "d", "clean")
+    assert reasons(home) == ["empty_field"] * 5
+
+
+def test_megabyte_lines_are_capped(home, tmp_path, capsys):
+    big = json.dumps(row("x" * (3 << 20)))  # 3 MB line, over the 1 MiB default cap
+    p = write_jsonl(tmp_path / "in.jsonl", [row("a")], [big + "\n", json.dumps(row("b")) + "\n"])
+    code, out, err = validate(capsys, p)
+    assert code == 0
+    m = accounted(home, "d", "clean")
+    (r,) = rejects(home)
+    assert r["reason"] == "line_too_long" and r["line"] == 2 and str(len(big) + 1) in r["detail"]
+    assert len(json.dumps(r)) < 2000  # a preview, not the megabytes
+    assert m["counts"]["kept"] == 2
+    code, out, err = validate(capsys, p, "--max-line-bytes", str(8 << 20), name="d2")
+    assert accounted(home, "d2", "clean")["counts"]["kept"] == 3
+
+
+def test_deeply_nested_values(home, tmp_path, capsys):
+    deep = "[" * 100000 + "]" * 100000
+    nested = {"a": 1}
+    for _ in range(50):
+        nested = {"n": nested}
+    p = write_jsonl(tmp_path / "in.jsonl", [row(metadata=nested), row()],
+                    [f'{{"prompt": "a", "completion": "b", "metadata": {{"x": {deep}}}}}\n'])
+    code, out, err = validate(capsys, p)
+    assert code == 0, err
+    accounted(home, "d", "clean")
+    assert reasons(home) == ["too_deep", "too_deep"]
+
+
+def test_lone_surrogates_become_replacement_chars(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [], ['{"prompt": "bad \\ud800 here", "completion": "ok \\udfff", '
+                                                '"metadata": {"k": "\\ud801"}}\n',
+                                                '{"prompt": "pair \\ud83d\\ude00 fine", "completion": "x"}\n'])
+    code, out, err = validate(capsys, p)
+    assert code == 0, err
+    m = accounted(home, "d", "clean")
+    rows = read_jsonl(home / "data/clean/d.jsonl")
+    assert rows[0]["prompt"] == "bad \ufffd here" and rows[0]["metadata"]["k"] == "\ufffd"
+    assert rows[1]["prompt"] == "pair \U0001F600 fine"
+    assert m["normalizations"]["lone_surrogate"] == 3
+
+
+def test_nul_and_control_characters(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [row("a\u0000b\u0007c\u001bd\u007f\u0085e\tf\ng")])
+    p2 = tmp_path / "raw.jsonl"  # raw control bytes inside strings (not valid strict JSON) are accepted too
+    p2.write_bytes(b'{"prompt": "x\x01y\x00z", "completion": "ok"}\n')
+    assert validate(capsys, p)[0] == 0
+    assert read_jsonl(home / "data/clean/d.jsonl")[0]["prompt"] == "abcde\tf\ng"
+    assert accounted(home, "d", "clean")["normalizations"]["control_chars"] == 1
+    assert validate(capsys, p2, name="d2")[0] == 0
+    assert read_jsonl(home / "data/clean/d2.jsonl")[0]["prompt"] == "xyz"
+
+
+def test_line_and_paragraph_separators(home, tmp_path, capsys):
+    p = tmp_path / "in.jsonl"
+    p.write_text(json.dumps(row("one\u2028two\u2029three"), ensure_ascii=False) + "\n" + json.dumps(row("b")) + "\n",
+                 encoding="utf-8")
+    assert validate(capsys, p)[0] == 0
+    m = accounted(home, "d", "clean")
+    assert m["counts"]["kept"] == 2  # U+2028 did not split the line
+    assert read_jsonl(home / "data/clean/d.jsonl")[0]["prompt"] == "one\ntwo\nthree"
+    raw = (home / "data/clean/d.jsonl").read_bytes()
+    assert "\u2028".encode() not in raw
+
+
+def test_zero_width_characters_do_not_dodge_exact_dedupe(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "in.jsonl", [row("Hello world", quality_score=0.5),
+                                             row("Hel\u200blo\u2060 wo\ufeffrld", quality_score=0.9),
+                                             row("HELLO   world", quality_score=0.1)])
+    assert validate(capsys, p, "--dedupe")[0] == 0
+    accounted(home, "d", "clean")
+    (kept,) = read_jsonl(home / "data/clean/d.jsonl")
+    assert kept["quality_score"] == 0.9  # the highest-quality copy survives
+    assert sorted(r["duplicate_of_line"] for r in rejects(home)) == [2, 2]
+
+
+@pytest.mark.parametrize("content,needle", [
+    ((json.dumps(row()) + "\n").encode("utf-16"), "UTF-16"),
+    ((json.dumps(row()) + "\n").encode("utf-16-le"), "UTF-16"),
+    (gzip.compress(b'{"a": 1}\n'), "gzip"),
+    (bytes(range(256)) * 40, "binary"),
+    (b"prompt,completion\nhello,world\n" * 30, "not JSON"),
+    (b"just some text\nnot json at all\n", "not JSON"),
+])
+def test_fatal_inputs_one_line_exit_2_nothing_left(home, tmp_path, capsys, content, needle):
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(content)
+    code, out, err = validate(capsys, p)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(p) in err and needle in err
+    assert "Traceback" not in err
+    assert nothing_written(home)
+    code, out, err = run_main(capsys, "import", "--input", str(p), "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and nothing_written(home)
+
+
+def test_unreadable_file_and_directory(home, tmp_path, capsys):
+    code, out, err = validate(capsys, tmp_path / "missing.jsonl")
+    assert code == 2 and "missing.jsonl" in err and err.count("\n") == 1
+    code, out, err = validate(capsys, tmp_path)
+    assert code == 2 and "directory" in err
+    p = write_jsonl(tmp_path / "locked.jsonl", [row()])
+    p.chmod(0)
+    try:
+        if open(p, "rb"):  # running as root: permissions do not apply
+            pytest.skip("root can read a chmod 000 file")
+    except PermissionError:
+        code, out, err = validate(capsys, p)
+        assert code == 2 and "cannot read" in err
+    finally:
+        p.chmod(0o600)
+
+
+def test_malformed_array_is_fatal_with_position(home, tmp_path, capsys):
+    p = tmp_path / "a.json"
+    p.write_text('[\n{"prompt": "a", "completion": "b"},\n{"prompt": "a" "completion": "b"}\n]')
+    code, out, err = validate(capsys, p)
+    assert code == 2 and "line 3" in err and err.count("\n") == 1
+    assert nothing_written(home)
+
+
+def test_truncated_array_keeps_complete_items(home, tmp_path, capsys):
+    p = tmp_path / "a.json"
+    p.write_text('[{"prompt": "a", "completion": "b"}, {"prompt": "c", "compl')
+    code, out, err = validate(capsys, p)
+    assert code == 0, err
+    m = accounted(home, "d", "clean")
+    assert m["counts"] == {"read": 2, "kept": 1, "rejected": 1} and reasons(home) == ["truncated_line"]
