@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="reject rows whose quality_score is below this (null scores pass)")
     v.add_argument("--tokenizer", default=None,
                    help="tokenizer dir/file or hub id (default: the configured base model's)")
+    v.add_argument("--exact-tokens", action="store_true",
+                   help="tokenize every row (exact token statistics); by default rows whose UTF-8 length "
+                        "proves they fit --max-tokens skip the tokenizer")
     v.add_argument("--dedupe", action="store_true", help="remove exact and near duplicates")
     v.add_argument("--no-near-dedupe", action="store_true", help="with --dedupe: exact duplicates only")
     v.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold (0.8)")
@@ -87,7 +90,8 @@ def print_summary(man: dict, out=None) -> None:
               f"(largest {n['largest_cluster']}; {n['candidate_pairs']} candidate pairs)\n")
     t = man.get("tokens")
     if t:
-        w(f"  tokens                      mean {t['mean']}, p95 {t['p95']}, max {t['max']}\n")
+        w(f"  tokens                      mean {t['mean']}, p95 {t['p95']}, max {t['max']} "
+          f"({t.get('rows_measured', '?')} rows measured)\n")
     w(f"  output   {man['output']['path']}  sha256 {man['output']['sha256'][:16]}…\n")
     w(f"  rejects  {man['rejects']['path']}\n")
     w(f"  manifest {man.get('_manifest_path')}\n")
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             input=args.input, stage=args.stage, name=args.name, max_tokens=args.max_tokens,
             min_quality=args.min_quality, dedupe=args.dedupe, near_dedupe=not args.no_near_dedupe,
             threshold=args.threshold, fail_on_secrets=args.fail_on_secrets, redact_pii=not args.no_redact_pii,
-            tokenizer=args.tokenizer, max_line_bytes=args.max_line_bytes or DEFAULT_MAX_LINE_BYTES,
+            tokenizer=args.tokenizer, exact_tokens=args.exact_tokens, max_line_bytes=args.max_line_bytes or DEFAULT_MAX_LINE_BYTES,
             workers=args.workers, progress=False if args.no_progress else None,
         )
         man = run_validate(opts)

@@ -35,6 +35,8 @@ from ech0.errors import UserError
 from ech0.io import atomic_open
 
 K_KEEP, K_REJECT, K_DUP, K_NEAR = 0, 1, 2, 3
+TOKEN_BOUND_SLACK = 32  # room for BOS/EOS/separator/prefix-space tokens on top of one token per byte
+TOKEN_SAMPLE_PER_BATCH = 8  # rows per batch tokenized anyway, for the manifest's token statistics
 REJECT_TEXT_MAX = 1 << 20
 
 
@@ -60,6 +62,7 @@ class ValidateOptions:
     redact_secrets: bool = True
     redact_pii: bool = True
     tokenizer: str | None = None
+    exact_tokens: bool = False  # tokenize every row (exact statistics) instead of the byte bound
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     workers: int | None = None
     batch_size: int = 512
@@ -195,22 +198,52 @@ def process_batch(recs: list[Rec]) -> dict:
                 secret_rows.append((rec.line, sorted(set(red.row_secrets))))
 
     ntok = None
+    tok_info = {"measured": 0, "skipped_by_bound": 0, "bound_violations": 0, "bound_max": 0}
     if cand_rows and "tokens" in _W:
-        ntok = _W["tokens"].count([r["prompt"] for r in cand_rows], [r["completion"] for r in cand_rows])
+        # A token always covers at least one byte of text, so a row whose UTF-8 length (plus room for
+        # special tokens) is within --max-tokens cannot be over it: only rows that might be over the
+        # limit, and a small sample for the statistics, go through the (slow) tokenizer.
+        lens = [(len(r["prompt"]) if r["prompt"].isascii() else len(r["prompt"].encode("utf-8")))
+                + (len(r["completion"]) if r["completion"].isascii() else len(r["completion"].encode("utf-8")))
+                + TOKEN_BOUND_SLACK for r in cand_rows]
+        if opts.exact_tokens or opts.max_tokens is None or not _W.get("bound_ok", True):
+            need = list(range(len(cand_rows)))
+        else:
+            need = [j for j, b in enumerate(lens) if b > opts.max_tokens]
+            sample = [j for j in range(0, len(cand_rows), max(1, len(cand_rows) // TOKEN_SAMPLE_PER_BATCH))
+                      if lens[j] <= opts.max_tokens]
+            need = sorted(set(need) | set(sample[:TOKEN_SAMPLE_PER_BATCH]))
+        counted = _W["tokens"].count([cand_rows[j]["prompt"] for j in need], [cand_rows[j]["completion"] for j in need])
+        exact = dict(zip(need, counted.tolist()))
+        tok_info["measured"] = len(need)
+        tok_info["skipped_by_bound"] = len(cand_rows) - len(need)
+        tok_info["bound_max"] = max((b for j, b in enumerate(lens) if j not in exact), default=0)
+        tok_info["bound_violations"] = sum(1 for j, n in exact.items() if n > lens[j])
+        if tok_info["bound_violations"]:
+            _W["bound_ok"] = False  # this tokenizer breaks the byte bound: count every row from now on
+        ntok = np.array(counted, np.int32)
         if opts.max_tokens is not None:
-            over = np.flatnonzero(ntok > opts.max_tokens)
-            for j in over[::-1].tolist():
+            over = sorted((j for j, n in exact.items() if n > opts.max_tokens), reverse=True)
+            if tok_info["bound_violations"]:
+                # rows skipped in this batch are re-checked exactly
+                rest = [j for j in range(len(cand_rows)) if j not in exact]
+                more = _W["tokens"].count([cand_rows[j]["prompt"] for j in rest], [cand_rows[j]["completion"] for j in rest])
+                over = sorted(set(over) | {j for j, n in zip(rest, more.tolist()) if n > opts.max_tokens}, reverse=True)
+                exact.update(zip(rest, more.tolist()))
+                tok_info["measured"] += len(rest)
+                tok_info["skipped_by_bound"] = 0
+                ntok = np.array(list(exact.values()), np.int32)
+            for j in over:
                 pos = cand_pos[j]
                 r = cand_rows[j]
                 line = linenos[pos]
                 lines[pos] = json.dumps({"line": line, "reason": "too_many_tokens",
-                                         "detail": f"{int(ntok[j])} tokens > --max-tokens {opts.max_tokens}",
+                                         "detail": f"{exact[j]} tokens > --max-tokens {opts.max_tokens}",
                                          "row": r}, ensure_ascii=False).encode("utf-8", "replace")
                 kinds[pos] = K_REJECT
                 quality[pos] = -1.0
                 _bump(reasons, "too_many_tokens")
                 del cand_pos[j], cand_rows[j]
-            ntok = np.delete(ntok, over)
     keys = np.zeros(len(cand_rows), np.int64)
     sig16 = None
     if cand_rows:
@@ -230,6 +263,7 @@ def process_batch(recs: list[Rec]) -> dict:
         "keys": keys,
         "sig16": sig16,
         "ntok": ntok,
+        "tok_info": tok_info,
         "reasons": reasons,
         "redactions": dict(red.counts),
         "normalizations": norm,
@@ -331,7 +365,7 @@ def run_validate(opts: ValidateOptions) -> dict:
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     spill_path = out_path.parent / f".{name}.{os.getpid()}.spill"
-    kinds_l, lines_l, qual_l, keys_l, ntok_l = [], [], [], [], []
+    kinds_l, lines_l, qual_l, keys_l, ntok_l, offs_l = [], [], [], [], [], []
     from ech0.data.dedupe import SigStore
 
     store = SigStore(opts.num_perm)
@@ -340,12 +374,19 @@ def run_validate(opts: ValidateOptions) -> dict:
     normalizations: dict = dict(fmt.notes)
     secret_rows: list = []
     split_lines = 0
+    tok_info: dict = {}
+
+    spill_pos = 0
 
     def merge(res: dict) -> None:
-        nonlocal split_lines
-        for ln in res["lines"]:
+        nonlocal split_lines, spill_pos
+        offs = np.empty(len(res["lines"]), np.int64)
+        for k, ln in enumerate(res["lines"]):
+            offs[k] = spill_pos
             spill.write(ln)
             spill.write(b"\n")
+            spill_pos += len(ln) + 1
+        offs_l.append(offs)
         kinds_l.append(res["kinds"])
         lines_l.append(res["linenos"])
         qual_l.append(res["quality"])
@@ -354,6 +395,8 @@ def run_validate(opts: ValidateOptions) -> dict:
             store.append(res["sig16"])
         if res["ntok"] is not None:
             ntok_l.append(res["ntok"])
+        for k, v in res["tok_info"].items():
+            tok_info[k] = max(tok_info.get(k, 0), v) if k == "bound_max" else tok_info.get(k, 0) + v
         for d, src_d in ((reasons, res["reasons"]), (redactions, res["redactions"]),
                          (normalizations, res["normalizations"])):
             for k, v in src_d.items():
@@ -425,7 +468,9 @@ def run_validate(opts: ValidateOptions) -> dict:
         similarity = np.zeros(n_read, np.float32)
         dedupe_stats = None
         if opts.dedupe:
-            dedupe_stats = _dedupe(kinds, quality, keys, store, opts, dup_of, similarity)
+            offsets = np.concatenate(offs_l)
+            dedupe_stats = _dedupe(kinds, quality, keys, store, opts, dup_of, similarity,
+                                   _spill_reader(spill_path, offsets))
 
         n_rows_written = {"kept": 0, "rejected": 0}
         with atomic_open(out_path, "wb") as out, atomic_open(rej_path, "wb") as rej, open(spill_path, "rb") as sp:
@@ -483,7 +528,13 @@ def run_validate(opts: ValidateOptions) -> dict:
     man["tokens"] = token_stats(ntok_l)
     if man["tokens"] is not None:
         man["tokens"]["tokenizer"] = tok_name
-        man["tokens"]["scope"] = "rows that passed the schema and quality checks"
+        man["tokens"]["rows_measured"] = tok_info.get("measured", 0)
+        man["tokens"]["rows_within_byte_bound"] = tok_info.get("skipped_by_bound", 0)
+        man["tokens"]["byte_bound_max"] = tok_info.get("bound_max", 0)
+        man["tokens"]["byte_bound_violations"] = tok_info.get("bound_violations", 0)
+        man["tokens"]["note"] = ("statistics over measured rows (all rows that could exceed --max-tokens, plus a "
+                                 "sample); the others are within the bound utf8_bytes + "
+                                 f"{TOKEN_BOUND_SLACK} <= --max-tokens")
     man["parent"] = parent
     man["finished_at"] = mf.now()
     man["duration_s"] = round(time.time() - t0, 3)
@@ -500,9 +551,22 @@ def _options(opts: ValidateOptions, tok_name, workers) -> dict:
     return d
 
 
-def _dedupe(kinds, quality, keys, store, opts, dup_of, similarity) -> dict:
+def _spill_reader(path: Path, offsets: np.ndarray):
+    """Row index -> normalised text, read back from the spill (for exact Jaccard checks)."""
+    from ech0.data.dedupe import normalize
+
+    def get(idx: int) -> str:
+        with open(path, "rb") as f:
+            f.seek(int(offsets[idx]))
+            r = json.loads(f.readline())
+        return normalize(r["prompt"], r["completion"])
+
+    return get
+
+
+def _dedupe(kinds, quality, keys, store, opts, dup_of, similarity, text_of=None) -> dict:
     """Mark duplicates in ``kinds`` (K_DUP / K_NEAR), keeping the highest quality_score per cluster."""
-    from ech0.data.dedupe import ROWS_PER_BAND, clusters, estimate_jaccard, near_duplicate_pairs
+    from ech0.data.dedupe import ROWS_PER_BAND, clusters, estimate_jaccard, exact_jaccard, near_duplicate_pairs
 
     cand = np.flatnonzero(kinds == K_KEEP)  # rows with keys/signatures, in order
     stats = {"exact": {"key": "blake2b-64 of normalised prompt+completion (NFKC, casefold, zero-width removed, "
@@ -530,7 +594,15 @@ def _dedupe(kinds, quality, keys, store, opts, dup_of, similarity) -> dict:
     active = np.ones(cand.size, bool)
     active[dups] = False
     bands = max(1, opts.num_perm // ROWS_PER_BAND)
-    i, j, est, n_cand = near_duplicate_pairs(store, active, opts.threshold, bands, ROWS_PER_BAND)
+    checked = [0]
+
+    def exact(a: np.ndarray, b: np.ndarray) -> list[float]:
+        checked[0] += len(a)
+        return [exact_jaccard(text_of(int(cand[x])), text_of(int(cand[y])), opts.ngram)
+                for x, y in zip(a.tolist(), b.tolist())]
+
+    i, j, est, n_cand = near_duplicate_pairs(store, active, opts.threshold, bands, ROWS_PER_BAND,
+                                             exact=exact if text_of is not None else None)
     roots = clusters(cand.size, i, j)
     near_removed = 0
     n_clusters = 0
@@ -557,7 +629,9 @@ def _dedupe(kinds, quality, keys, store, opts, dup_of, similarity) -> dict:
         n_clusters = int(np.unique(rp).size)
         largest = int(sizes.max()) + 1 if sizes.size else 1
     stats["near"] = {
-        "method": "MinHash LSH, b-bit (16) signatures, candidate pairs verified on the signature",
+        "method": "MinHash LSH (b-bit 16 signatures); candidate pairs verified on the signature estimate, "
+                  "and on exact shingle Jaccard when the estimate is within [t-0.10, t+0.05)",
+        "exact_checks": int(checked[0]),
         "shingle": f"{opts.ngram}-word", "num_perm": opts.num_perm, "threshold": opts.threshold,
         "bands": bands, "rows_per_band": ROWS_PER_BAND, "candidate_pairs": int(n_cand), "verified_pairs": int(i.size),
         "rows_removed": near_removed, "clusters": n_clusters, "largest_cluster": largest,
