@@ -44,7 +44,9 @@ def run_dir(run_id: str) -> Path:
 
 
 def base_models_dir() -> Path:
-    return home() / "base_models"
+    """Built base models; ``ECH0_BASE_MODELS_DIR`` shares one cache between several homes."""
+    override = os.environ.get("ECH0_BASE_MODELS_DIR")
+    return Path(override).expanduser().resolve() if override else home() / "base_models"
 
 
 def logs_dir() -> Path:

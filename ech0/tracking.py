@@ -1,0 +1,167 @@
+"""The only module that opens MLflow runs; everything else logs through a :class:`Tracker`.
+
+    with tracking.start(cfg, run_name="lora-20261125-1200", tags={...}) as tracker:
+        tracker.log_params(flat_config)
+        tracker.log_metrics({"train/loss": 1.2}, step=3)      # asynchronous: never stalls the loop
+
+A run that raises ends FAILED, one interrupted (Ctrl-C, SIGTERM) ends KILLED; ``resume_run_id``
+reopens a run (a killed job continues into the same run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+from ech0 import paths
+
+MAX_PARAM_VALUE = 6000  # MLflow 3's limit on one param value
+PARAM_BATCH = 100  # MLflow's limit on params per batch call
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    return uri or paths.tracking_uri()
+
+
+def setup(uri: str | None = None, experiment: str = "ech0") -> str:
+    """Point MLflow at the store (creating the SQLite file's folder) and the experiment; return its id."""
+    import mlflow
+
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        paths.home().mkdir(parents=True, exist_ok=True)
+        artifact_location = paths.artifact_root().as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=artifact_location)
+
+
+def git_tags() -> dict[str, str]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "ech0.git_commit": commit, "ech0.git_dirty": str(bool(dirty)).lower()} if commit else {}
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix.rstrip(".")] = str(d)
+    return out
+
+
+class Tracker:
+    """Logging into one open run. All metric logging is asynchronous."""
+
+    def __init__(self, run):
+        self.run = run
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        import mlflow
+
+        items = [(k, (str(v)[: MAX_PARAM_VALUE - 3] + "...") if len(str(v)) > MAX_PARAM_VALUE else str(v))
+                 for k, v in params.items()]
+        existing = mlflow.get_run(self.run_id).data.params
+        items = [(k, v) for k, v in items if k not in existing]  # a resumed run keeps its params
+        for i in range(0, len(items), PARAM_BATCH):
+            mlflow.log_params(dict(items[i:i + PARAM_BATCH]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step, synchronous=False)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        import mlflow
+
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        import mlflow
+
+        mlflow.log_text(text, artifact_file)
+
+    def log_dataset(self, df, name: str, source: str, digest: str, context: str) -> None:
+        """Log a dataset input with our own sha256 digest (MLflow's default hashes only the first rows)."""
+        import mlflow
+
+        ds = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
+        mlflow.log_input(ds, context=context, tags={"sha256": digest})
+
+    def log_model(self, python_model, artifacts: dict[str, str], signature, pip_requirements: list[str],
+                  code_paths: list[str] | None = None, input_example=None):
+        import mlflow
+
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=python_model, artifacts=artifacts, signature=signature,
+            pip_requirements=pip_requirements, code_paths=code_paths, input_example=input_example)
+
+    def flush(self) -> None:
+        import mlflow
+
+        with contextlib.suppress(Exception):
+            mlflow.flush_async_logging()
+
+
+class NullTracker(Tracker):
+    """``tracking.enabled=false``: the same calls, nothing logged (used to measure logging overhead)."""
+
+    def __init__(self):
+        import uuid
+
+        self.run = None
+        self.run_id = "local-" + uuid.uuid4().hex[:24]
+
+    def __getattribute__(self, name):
+        if name in ("run", "run_id") or name.startswith("__"):
+            return object.__getattribute__(self, name)
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def start(uri: str | None, experiment: str, run_name: str | None = None, tags: dict | None = None,
+          resume_run_id: str | None = None, parent_run_id: str | None = None,
+          log_system_metrics: bool = False, enabled: bool = True) -> Iterator[Tracker]:
+    """Open (or reopen) a run; end it FINISHED, FAILED or KILLED whatever happens inside."""
+    if not enabled:
+        yield NullTracker()
+        return
+    import mlflow
+
+    experiment_id = setup(uri, experiment)
+    if log_system_metrics:
+        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")
+    run = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else experiment_id,
+                           run_name=None if resume_run_id else run_name, tags=tags,
+                           parent_run_id=parent_run_id, log_system_metrics=log_system_metrics)
+    tracker = Tracker(run)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.flush()
+        mlflow.end_run(status=status)

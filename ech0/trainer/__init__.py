@@ -1,0 +1,1 @@
+"""The training stage's internals: data, adapters, loop, checkpoints, precision. Entry: ``python -m ech0.train``."""

@@ -1,0 +1,46 @@
+"""Shared fixtures: offline, one tiny base model per machine, a fresh ECH0_HOME per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+# Built base models are shared by every test (and kept between `make test` runs): built once.
+os.environ.setdefault("ECH0_BASE_MODELS_DIR", str(ROOT / ".cache" / "base_models"))
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    from ech0.models import ensure_base_model
+
+    return ensure_base_model()
+
+
+@pytest.fixture(autouse=True)
+def ech0_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("ECH0_HOME", str(home))
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI: set-then-delete so teardown removes it again.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    return home
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
+    """Run ``python -m <args>`` in a subprocess with the test's environment."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT)

@@ -1,0 +1,200 @@
+"""The training stage on the tiny local model: real steps, a real SQLite MLflow store, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, run_cli
+
+from ech0.cli_common import compose
+
+
+def train_cfg(*overrides: str):
+    return compose("train", ["+preset=lora", "trainer.progress=false", *overrides])
+
+
+def _base_state(cfg):
+    import torch
+    from hydra.utils import instantiate
+
+    from ech0.models import load_model, resolve
+
+    torch.manual_seed(cfg.seed)
+    model = load_model(resolve(cfg.model.name_or_path))
+    return model, instantiate(cfg.peft, model=load_model(resolve(cfg.model.name_or_path)))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, tmp_path_factory):
+    from ech0.trainer.fit import fit
+
+    home = tmp_path_factory.mktemp("lora-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ECH0_HOME", str(home))
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        mp.setenv("MLFLOW_TRACKING_URI", "unset")
+        mp.delenv("MLFLOW_TRACKING_URI")
+        cfg = train_cfg("trainer.max_steps=60", "trainer.checkpoint_every=20", "trainer.eval_every=20")
+        yield cfg, fit(cfg), home
+
+
+def test_presets_compose():
+    lora, full = compose("train", ["+preset=lora"]), compose("train", ["+preset=full"])
+    assert lora.peft._target_.endswith(".lora") and lora.preset == "lora" and lora.peft.lora_alpha == 2 * lora.peft.r
+    assert full.peft._target_.endswith(".full") and full.preset == "full"
+    assert compose("train", ["+preset=lora", "model=mistral-7b"]).model.name_or_path == "mistralai/Mistral-7B-Instruct-v0.3"
+
+
+def test_lora_learns_and_only_adapter_weights_move(lora_run):
+    import torch
+
+    cfg, result, _ = lora_run
+    assert result.loss_after < 0.7 * result.loss_before, (result.loss_before, result.loss_after)
+    base, fresh = _base_state(cfg)
+    trained = dict(result.model.named_parameters())
+    init = dict(fresh.named_parameters())
+    lora_names = [n for n in trained if "lora_" in n]
+    assert lora_names and all(trained[n].requires_grad for n in lora_names)
+    assert all(not torch.equal(trained[n], init[n]) for n in lora_names), "every LoRA matrix changed"
+    base_params = dict(base.named_parameters())
+    for n, p in trained.items():
+        if "lora_" in n:
+            continue
+        key = n.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(p, base_params[key]), f"base weight {key} changed"
+
+
+def test_full_preset_changes_base_weights(tiny_model_dir):
+    import torch
+
+    from ech0.models import load_model
+    from ech0.trainer.fit import fit
+
+    cfg = compose("train", ["+preset=full", "trainer.progress=false", "trainer.max_steps=4",
+                            "tracking.log_model=false", "tracking.log_system_metrics=false"])
+    result = fit(cfg)
+    base = dict(load_model(str(tiny_model_dir)).named_parameters())
+    trained = dict(result.model.named_parameters())
+    changed = [n for n in base if not torch.equal(base[n], trained[n])]
+    assert len(changed) == len(base), f"unchanged: {set(base) - set(changed)}"
+    assert (result.run_dir / "model" / "model.safetensors").exists()
+
+
+def test_mlflow_run_has_everything(lora_run):
+    from mlflow.tracking import MlflowClient
+
+    cfg, result, home = lora_run
+    client = MlflowClient(result.tracking_uri)
+    assert result.tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("lora-")
+    p = run.data.params
+    assert p["trainer.learning_rate"] == str(cfg.trainer.learning_rate) and p["peft.r"] == "16"
+    assert p["preset"] == "lora" and "derived.precision" in p
+    for key in ("train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_sec", "eval/loss"):
+        assert key in run.data.metrics, key
+    assert len(client.get_metric_history(result.run_id, "train/loss")) == 60
+    assert [m.step for m in client.get_metric_history(result.run_id, "eval/loss")] == [0, 20, 40, 60]
+    assert any(k.startswith("system/") for k in run.data.metrics), "system metrics logged"
+    t = run.data.tags
+    assert t["ech0.preset"] == "lora" and len(t["ech0.base_model_hash"]) == 64 and "ech0.git_dirty" in t
+    assert t["mlflow.source.git.commit"] == t["ech0.git_commit"]
+    arts = {a.path for a in client.list_artifacts(result.run_id)} | {
+        a.path for d in ("plots", "config") for a in client.list_artifacts(result.run_id, d)}
+    assert {"plots/loss_curve.png", "config/resolved.yaml", "config/config.yaml"} <= arts
+    inputs = run.inputs.dataset_inputs
+    by_context = {[t.value for t in i.tags if t.key == "mlflow.data.context"][0]: i for i in inputs}
+    from ech0.io import sha256_file
+
+    assert by_context["training"].dataset.digest == sha256_file(cfg.data.train_file)[:36]
+    assert by_context["eval"].dataset.name == "sample-eval"
+    assert json.loads(by_context["training"].dataset.profile)["num_rows"] == 284
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["state"] == "succeeded" and status["step"] == 60 and status["mlflow_run_id"] == result.run_id
+    assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "loss_curve.png").stat().st_size > 5000
+
+
+def test_logged_model_loads_offline_and_matches_in_process(lora_run, tiny_model_dir):
+    from ech0.generation import generate
+    from ech0.models import load_model, load_tokenizer
+
+    cfg, result, home = lora_run
+    prompts = ["What color is the sky?", "What is the opposite of hot?", "Echo this: the warm cat sees the hill", "Count to four."]
+    expected = generate(result.model, result.tokenizer, prompts, cfg.data.prompt_template, max_new_tokens=24)
+    base_out = generate(load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir)), prompts,
+                        cfg.data.prompt_template, max_new_tokens=24)
+    assert expected != base_out, "the fine-tuned model must differ from its base"
+    code = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"m = mlflow.pyfunc.load_model('runs:/{result.run_id}/model')\n"
+        f"print(json.dumps(list(m.predict(pd.DataFrame({{'prompt': {prompts!r}}}), params={{'max_new_tokens': 24}}))))\n"
+    )
+    # A fresh process with a different base-models cache: the logged model must carry its own base.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": result.tracking_uri, "HF_HUB_OFFLINE": "1",
+           "ECH0_BASE_MODELS_DIR": str(home / "empty-cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
+    assert not (home / "empty-cache").exists(), "loading must not rebuild the base model"
+
+
+def _wait_for(predicate, timeout: float, proc=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, ech0_home):
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
+
+    args = ["ech0.train", "+preset=lora", "trainer.max_steps=30", "trainer.checkpoint_every=10", "trainer.eval_every=0",
+            "trainer.progress=false", "tracking.log_model=false", "tracking.log_system_metrics=false"]
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    models = ech0_home / "models"
+
+    def past_first_checkpoint() -> bool:
+        for st in models.glob("*/status.json"):
+            try:
+                s = json.loads(st.read_text())
+            except ValueError:
+                continue
+            if (s.get("step") or 0) >= 13 and list(st.parent.glob("checkpoints/step-0000010/state.json")):
+                return True
+        return False
+
+    assert _wait_for(past_first_checkpoint, 240, proc), "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = list(models.iterdir())
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
+    resumed = run_cli(*args, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
+    straight = run_cli(*args)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    (other,) = [d for d in models.iterdir() if d != run_dir]
+    a = load_file(str(run_dir / "model" / "adapter_model.safetensors"))
+    b = load_file(str(other / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() <= 1e-6, k
+    client = MlflowClient(f"sqlite:///{ech0_home / 'mlflow.db'}")
+    assert len(client.search_runs(client.get_experiment_by_name("ech0").experiment_id)) == 2, "resume reuses the run"
+    run = client.get_run(run_dir.name)
+    assert run.info.status == "FINISHED"
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == 30
