@@ -47,6 +47,7 @@ def fake_secrets(rng: random.Random) -> list[tuple[str, str]]:
         ("aws_secret_key", f"aws_secret_access_key = {_rs(rng, 40, b64)}"),
         ("gcp_api_key", f"maps key AIza{_rs(rng, 35, ALNUM + '-_')} in the app"),
         ("gcp_oauth_secret", f"client secret GOCSPX-{_rs(rng, 28)} here"),
+        ("azure_client_secret", f"AZURE_CLIENT_SECRET {_rs(rng, 3)}8Q~{_rs(rng, 34, ALNUM + '_~.-')}"),
         ("azure_storage_key", f"DefaultEndpointsProtocol=https;AccountName=x;AccountKey={_rs(rng, 86, b64)}==;"),
         ("digitalocean_token", f"DO token dop_v1_{_rs(rng, 64, hexd)}"),
         ("github_token", f"git clone with ghp_{_rs(rng, 36)} please"),

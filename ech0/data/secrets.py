@@ -73,7 +73,7 @@ def _high_entropy(v: str) -> bool:
     if chars <= _HEX:
         return False  # checksums, commit ids, UUIDs: not flagged without context
     up, lo, di = bool(chars & _UP), bool(chars & _LO), bool(chars & _DI)
-    if up + lo + di < 3 and not (di and (up or lo) and len(chars) >= 20):
+    if up + lo + di < 2 or len(chars) < 16:
         return False
     if v.count("/") >= 2 and not any(c.isdigit() for c in v.replace("/", "")[:8]):
         return False  # a path such as src/components/Widget

@@ -1,0 +1,109 @@
+"""Import: the common dataset shapes, --map, provenance, and the CLI entry points.
+
+    HF_HUB_OFFLINE=1 python -m pytest -q tests/test_data_import.py
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from data_fixtures.helpers import accounted, read_jsonl, run_cli, run_main, write_jsonl
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    monkeypatch.setenv("ECH0_HOME", str(h))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return h
+
+
+SHAPES = [
+    ({"prompt": "p", "completion": "c", "tags": ["x"], "quality_score": 0.5, "id": 7}, "prompt_completion", "p", "c"),
+    ({"instruction": "Translate", "input": "hola", "output": "hello"}, "alpaca", "Translate\n\nhola", "hello"),
+    ({"instruction": "Say hi", "input": "", "output": "hi"}, "alpaca", "Say hi", "hi"),
+    ({"question": "2+2?", "answer": "4"}, "question_answer", "2+2?", "4"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+     "openai_chat", "hi", "hello"),
+    ({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "a1"}, {"role": "user", "content": "more"},
+                   {"role": "assistant", "content": [{"type": "text", "text": "a2"}]}]},
+     "openai_chat", "System: be brief\n\nUser: hi\n\nAssistant: a1\n\nUser: more", "a2"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, "sharegpt", "q", "a"),
+]
+
+
+def test_shapes(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "mixed.jsonl", [s[0] for s in SHAPES])
+    code, out, err = run_main(capsys, "import", "--input", str(p), "--tag", "crypto", "--no-progress")
+    assert code == 0, err
+    m = accounted(home, "mixed", "raw")
+    rows = read_jsonl(home / "data/raw/mixed.jsonl")
+    for (obj, shape, prompt, completion), r in zip(SHAPES, rows):
+        assert (r["metadata"]["shape"], r["prompt"], r["completion"]) == (shape, prompt, completion)
+        assert r["metadata"]["source"] == "mixed.jsonl" and r["metadata"]["tag"] == "crypto"
+        assert "crypto" in r["tags"] and set(r) == {"prompt", "completion", "tags", "quality_score", "metadata"}
+    assert rows[0]["metadata"]["id"] == 7 and rows[0]["quality_score"] == 0.5 and rows[0]["tags"] == ["x", "crypto"]
+    assert [r["metadata"]["line"] for r in rows] == list(range(1, len(SHAPES) + 1))
+    assert m["shapes"]["openai_chat"] == 2 and "self_instruct" not in m["shapes"]
+    assert "shapes" in out
+
+
+def test_self_instruct_instances_and_array_input(home, tmp_path, capsys):
+    data = [{"id": "t0", "instruction": "Add", "instances": [{"input": "1 1", "output": "2"}, {"input": "2 2", "output": "4"}],
+             "is_classification": False},
+            {"id": "t1", "instruction": "Empty", "instances": []}]
+    p = tmp_path / "legacy.json"
+    p.write_text(json.dumps(data, indent=2))
+    assert run_main(capsys, "import", "--input", str(p), "--no-progress")[0] == 0
+    m = accounted(home, "legacy", "raw")
+    rows = read_jsonl(home / "data/raw/legacy.jsonl")
+    assert [(r["prompt"], r["metadata"]["instance"], r["metadata"]["item"]) for r in rows] == [
+        ("Add\n\n1 1", 0, 0), ("Add\n\n2 2", 1, 0)]
+    assert rows[0]["metadata"]["extra"] == {"is_classification": False} and rows[0]["metadata"]["id"] == "t0"
+    assert m["reject_reasons"] == {"no_instances": 1} and m["input"]["format"] == "array"
+
+
+def test_rejects_and_map(home, tmp_path, capsys):
+    p = write_jsonl(tmp_path / "x.jsonl", [{"foo": 1}, {"messages": [{"role": "user", "content": "only user"}]},
+                                            {"data": {"q": "Q?", "a": "A!"}, "uid": "u1"}])
+    assert run_main(capsys, "import", "--input", str(p), "--no-progress")[0] == 0
+    m = accounted(home, "x", "raw")
+    assert m["reject_reasons"] == {"no_assistant_turn": 1, "unknown_shape": 2}
+    code, out, err = run_main(capsys, "import", "--input", str(p), "--name", "x2", "--map", "prompt=data.q",
+                              "--map", "completion=data.a", "--no-progress")
+    assert code == 0, err
+    m = accounted(home, "x2", "raw")
+    (r,) = read_jsonl(home / "data/raw/x2.jsonl")
+    assert (r["prompt"], r["completion"], r["metadata"]["id"]) == ("Q?", "A!", "u1")
+    assert m["reject_reasons"] == {"missing_key": 2}
+    code, out, err = run_main(capsys, "import", "--input", str(p), "--map", "prompt", "--no-progress")
+    assert code == 2 and "FIELD=KEY" in err
+
+
+def test_cli_entry_points_and_fast_help(home, tmp_path):
+    p = write_jsonl(tmp_path / "legacy.jsonl", [{"question": "q", "answer": "a"}])
+    r = run_cli("--input", str(p), "--tag", "t", env_home=home, script="scripts/import_legacy_data.py")
+    assert r.returncode == 0, r.stderr
+    assert "read 1 = kept 1 + rejected 0" in r.stdout
+    r = run_cli("import", "--input", str(p), "--name", "viamodule", env_home=home)
+    assert r.returncode == 0 and (home / "data/raw/viamodule.jsonl").exists()
+    t = time.perf_counter()
+    r = run_cli("validate", "--help", env_home=home)
+    assert r.returncode == 0 and "--fail-on-secrets" in r.stdout
+    assert time.perf_counter() - t < 5
+    r = run_cli("-c", "import sys, ech0.data.cli; print('torch' in sys.modules, 'numpy' in sys.modules)",
+                env_home=home, module=None, script=None) if False else None
+    r = run_cli("validate", "--input", str(tmp_path / "nope.jsonl"), env_home=home)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+def test_cli_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, ech0.data.cli; print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    assert out == "[]"
