@@ -391,10 +391,19 @@ def main(argv=None) -> int:
     workers = args.workers or (os.cpu_count() or 1)
     opts = ValidateOptions(input=str(src), stage="processed", name="bench", dedupe=True, max_tokens=4096,
                            min_quality=0.0, tokenizer=tok, workers=workers, progress=False)
+    import resource
+
+    def cpu() -> float:
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    load_before = os.getloadavg()[0]
     with PeakRSS() as rss:
+        c0 = cpu()
         t = time.perf_counter()
         man = run_validate(opts)
         dt = time.perf_counter() - t
+        cpu_s = cpu() - c0
 
     # ---- accuracy against the ground truth
     from ech0.data.secrets import find_secrets
@@ -463,6 +472,10 @@ def main(argv=None) -> int:
         "bytes_per_row": round(size / args.rows),
         "seconds": round(dt, 2),
         "rows_per_sec": round(args.rows / dt, 1),
+        "cpu_seconds": round(cpu_s, 2),
+        "rows_per_cpu_sec": round(args.rows / cpu_s, 1),
+        "rows_per_sec_if_all_cores_free": round(min(workers, os.cpu_count() or 1) * args.rows / cpu_s, 1),
+        "load_average_before": round(load_before, 2),
         "peak_rss_mb": round(rss.peak / 2**20, 1),
         "peak_rss_note": "sum of PSS of the process and its worker processes, sampled every 50 ms",
         "peak_rss_main_process_mb": round(getattr(rss, "peak_main_rss", 0) / 2**20, 1),
