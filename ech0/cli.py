@@ -11,7 +11,10 @@ import sys
 
 STAGES = {
     "train": ("ech0.train", "fine-tune a model (Hydra overrides, e.g. +preset=lora)"),
-    "data": ("ech0.data.__main__", "import, validate, redact, dedupe data; verify manifests"),
+    "data": ("ech0.data.cli", "import, validate, redact, dedupe data; verify manifests"),
+    "eval": ("ech0.eval.runner", "run regression cases against a model; the gate decides (exit 0/1)"),
+    "registry": ("ech0.registry", "register, list, promote, rollback, package, verify model versions"),
+    "smoke": ("ech0.serving", "serve a model with `mlflow models serve` and check its answers"),
     "base-model": ("ech0.models.tiny", "build (or find) the local tiny base model"),
 }
 
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     module = importlib.import_module(STAGES[stage][0])
     sys.argv = [f"ech0 {stage}", *rest]
-    module.main(rest)
+    raise SystemExit(module.main(rest) or 0)
 
 
 if __name__ == "__main__":

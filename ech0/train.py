@@ -27,8 +27,23 @@ def _run(cfg: DictConfig) -> None:
     print_summary(fit(cfg))
 
 
+def expand_overrides(argv: list[str]) -> list[str]:
+    """``--overrides "a=1 b=2"`` (how MLproject passes a list: one quoted parameter) -> ``a=1 b=2``."""
+    import shlex
+
+    out, it = [], iter(argv)
+    for arg in it:
+        if arg == "--overrides":
+            out += shlex.split(next(it, ""))
+        elif arg.startswith("--overrides="):
+            out += shlex.split(arg.split("=", 1)[1])
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = expand_overrides(list(sys.argv[1:] if argv is None else argv))
     compose_or_exit("train", argv)  # one-line error + exit 2 on a bad override, before torch loads
     sys.argv = [sys.argv[0], *argv]
     _run()

@@ -44,3 +44,25 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path
 
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=cwd or ROOT)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    """One real `+preset=lora` run, shared by every test that needs a fine-tuned model.
+
+    Returns the FitResult (run_id, run_dir, tracking_uri, model, tokenizer, losses) with ``.home``
+    (its ECH0_HOME) and ``.cfg`` added. Tests that query its MLflow store use ``.tracking_uri``;
+    do not write into ``.home`` — copy what you need to change.
+    """
+    from ech0.cli_common import compose
+    from ech0.trainer.fit import fit
+
+    home = tmp_path_factory.mktemp("trained-run-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ECH0_HOME", str(home))
+        mp.setenv("MLFLOW_TRACKING_URI", "unset")
+        mp.delenv("MLFLOW_TRACKING_URI")
+        cfg = compose("train", ["+preset=lora", "trainer.progress=false", "tracking.log_system_metrics=false"])
+        result = fit(cfg)
+    result.home, result.cfg = home, cfg
+    return result

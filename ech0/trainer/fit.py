@@ -84,6 +84,48 @@ def _dataset_frame(rows: list[dict]):
     })
 
 
+def fingerprint(cfg: DictConfig, base_hash: str) -> str:
+    """What makes two training jobs the same: resolved config (minus names/paths), data bytes, base weights."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("resume", "paths"):
+        c.pop(key, None)
+    for key in ("run_name", "parent_run_id"):
+        c["tracking"].pop(key, None)
+    c["trainer"].pop("progress", None)
+    data = {k: _sha256(cfg.data[k]) for k in ("train_file", "eval_file") if cfg.data[k]}
+    blob = json.dumps({"config": c, "data": data, "base": base_hash}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _base_hash(cfg: DictConfig, base_path: str) -> str:
+    from ech0.models import content_hash
+
+    return content_hash(base_path) if Path(base_path).is_dir() else "hub:" + (cfg.model.revision or "unpinned")
+
+
+def find_finished(cfg: DictConfig) -> FitResult | None:
+    """A finished run with the same fingerprint whose model folder still exists, else None."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ech0.models import resolve
+
+    os.environ["ECH0_HOME"] = str(Path(cfg.paths.home).expanduser().resolve())
+    fp = fingerprint(cfg, _base_hash(cfg, resolve(cfg.model.name_or_path, OmegaConf.to_container(cfg.model.recipe))))
+    exp_id = tracking.setup(cfg.tracking.uri, cfg.tracking.experiment)
+    runs = MlflowClient(mlflow.get_tracking_uri()).search_runs(
+        [exp_id], f"tags.`ech0.fingerprint` = '{fp}' and attributes.status = 'FINISHED'", max_results=20,
+        order_by=["attributes.start_time DESC"])
+    for run in runs:
+        run_dir = paths.run_dir(run.info.run_id)
+        if (run_dir / "model" / "ech0_model.json").exists():
+            t = run.data.tags
+            return FitResult(run.info.run_id, run_dir, tracking.tracking_uri(cfg.tracking.uri),
+                             float(t.get("ech0.loss_before", "nan")), float(t.get("ech0.loss_after", "nan")),
+                             cfg.trainer.max_steps, (run.info.end_time - run.info.start_time) / 1000)
+    return None
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -93,7 +135,7 @@ def fit(cfg: DictConfig) -> FitResult:
     from hydra.utils import instantiate
     from tqdm import tqdm
 
-    from ech0.models import content_hash, load_model, load_tokenizer, resolve
+    from ech0.models import load_model, load_tokenizer, resolve
     from ech0.status import StatusWriter
     from ech0.trainer import checkpoint
     from ech0.trainer.data import read_rows, tokenize_rows
@@ -132,8 +174,8 @@ def fit(cfg: DictConfig) -> FitResult:
     scheduler = make_scheduler(optimizer, tc.lr_scheduler, tc.warmup_steps, tc.max_steps)
 
     run_name = cfg.tracking.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    base_hash = content_hash(base_path) if Path(base_path).is_dir() else "hub:" + (cfg.model.revision or "unpinned")
-    tags = {"ech0.kind": "train", "ech0.preset": cfg.preset, "ech0.base_model": cfg.model.name_or_path,
+    base_hash = _base_hash(cfg, base_path)
+    tags = {"ech0.fingerprint": fingerprint(cfg, base_hash), "ech0.kind": "train", "ech0.preset": cfg.preset, "ech0.base_model": cfg.model.name_or_path,
             "ech0.base_model_path": base_path, "ech0.base_model_hash": base_hash, **tracking.git_tags()}
     with tracking.start(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags=None if resume_id else tags,
                         resume_run_id=resume_id, parent_run_id=cfg.tracking.parent_run_id,
