@@ -1,0 +1,329 @@
+"""Registered model versions: the client, resolving what the user names, ``register`` and ``list``.
+
+    from ech0.registry import register
+    mv = register(run_id, eval_report="models/RUN/reports/regression_report.json")   # version N of `ech0`
+
+Every version carries ``ech0.*`` tags: run id and folder, base model, config path and sha256,
+dataset digests, the eval report and its sha256, the gate verdict (``passed``/``failed``/``none``)
+with where it came from, the score, and later the serving smoke result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ech0 import paths, tracking
+from ech0.errors import UserError
+
+DEFAULT_NAME = "ech0"
+STAGES = ("production", "staging")
+MODEL_ARTIFACT = "model"
+TAG_MAX = 5000  # MLflow's limit on one tag value
+GATE_METRIC, SCORE_METRIC, PASS_RATE_METRIC, SAFETY_METRIC = (
+    "eval/gate_passed", "eval/mean_score", "eval/pass_rate", "eval/safety_flags")
+
+
+def default_name() -> str:
+    return os.environ.get("ECH0_REGISTRY_NAME") or DEFAULT_NAME
+
+
+def client(uri: str | None = None):
+    """A client on the store; also made MLflow's current store (its SQL registry resolves logged
+    models through the global URI, and ``models:/`` downloads use it)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking.tracking_uri(uri)
+    if uri.startswith("sqlite:"):
+        paths.home().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def error_code(e: BaseException) -> str:
+    return getattr(e, "error_code", "") or ""
+
+
+def is_not_found(e: BaseException) -> bool:
+    return error_code(e) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(e).lower()
+
+
+def check_stage(stage: str) -> str:
+    s = str(stage).strip().lower()
+    if s not in STAGES:
+        raise UserError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    return s
+
+
+def registered_model(c, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_registered_model(name)
+    except MlflowException as e:
+        if is_not_found(e):
+            raise UserError(f"registered model {name!r} not found in {c.tracking_uri}; "
+                            f"run `ech0 registry register --run-id RUN` first") from None
+        raise
+
+
+def get_version(c, name: str, version: str | int):
+    from mlflow.exceptions import MlflowException
+
+    v = str(version).strip()
+    if not v.isdigit():
+        raise UserError(f"version {version!r}: expected a version number")
+    try:
+        return c.get_model_version(name, v)
+    except MlflowException as e:
+        if is_not_found(e):
+            registered_model(c, name)  # a missing model gets its own message
+            raise UserError(f"version {v} of {name!r} not found; `ech0 registry list` shows the versions") from None
+        raise
+
+
+def version_by_alias(c, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        registered_model(c, name)
+        if is_not_found(e) or error_code(e) == "INVALID_PARAMETER_VALUE":
+            raise UserError(f"alias {alias!r} of {name!r} not found; `ech0 registry list` shows the aliases") from None
+        raise
+
+
+def versions(c, name: str, run_id: str | None = None) -> list:
+    """All versions of ``name`` (optionally of one run), newest first."""
+    flt = f"name='{name}'" + (f" and run_id='{run_id}'" if run_id else "")
+    out, token = [], None
+    while True:
+        page = c.search_model_versions(flt, max_results=1000, page_token=token)
+        out.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            break
+    return sorted(out, key=lambda mv: int(mv.version), reverse=True)
+
+
+def resolve(c, name: str, *, version=None, run_id=None, alias=None):
+    """The model version the user named by exactly one of version / run id (its newest) / alias."""
+    given = [k for k, v in (("--version", version), ("--run-id", run_id), ("--alias", alias)) if v]
+    if len(given) != 1:
+        raise UserError("name the model version with exactly one of --version, --run-id, --alias")
+    if version:
+        return get_version(c, name, version)
+    if alias:
+        return version_by_alias(c, name, alias)
+    registered_model(c, name)
+    found = versions(c, name, run_id=run_id)
+    if not found:
+        raise UserError(f"run {run_id!r} has no version in {name!r}; run `ech0 registry register --run-id {run_id}` first")
+    return found[0]
+
+
+# -- evaluation evidence ---------------------------------------------------------------------------
+
+def _dig(d: Any, *keys: str):
+    for k in keys:
+        cur = d
+        for part in k.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if cur is not None:
+            return cur
+    return None
+
+
+def read_report(path: str | Path) -> dict:
+    """Gate verdict and scores from a regression report (tolerant of the report's exact layout)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: eval report not found")
+    try:
+        rep = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a JSON eval report ({e})") from None
+    passed = _dig(rep, "gate.passed", "gate_passed", "passed", "verdict.passed")
+    if isinstance(passed, str):
+        passed = passed.strip().lower() in ("pass", "passed", "true", "1", "yes")
+    if passed is None and isinstance(rep.get("verdict"), str):
+        passed = rep["verdict"].strip().lower() in ("pass", "passed")
+    return {"gate": None if passed is None else ("passed" if passed else "failed"),
+            "score": _dig(rep, "mean_score", "summary.mean_score", "metrics.mean_score", "score"),
+            "pass_rate": _dig(rep, "pass_rate", "summary.pass_rate", "metrics.pass_rate"),
+            "safety_flags": _dig(rep, "safety_flags", "summary.safety_flags", "metrics.safety_flags")}
+
+
+def run_evidence(run) -> dict | None:
+    """The gate verdict and scores the evaluation stage logged into the training run, or None."""
+    m = run.data.metrics
+    if GATE_METRIC not in m:
+        return None
+    return {"gate": "passed" if m[GATE_METRIC] >= 0.5 else "failed", "score": m.get(SCORE_METRIC),
+            "pass_rate": m.get(PASS_RATE_METRIC), "safety_flags": m.get(SAFETY_METRIC)}
+
+
+def gate_verdict(c, mv) -> tuple[str, str]:
+    """(``passed``/``failed``/``none``, source) for a version: its recorded verdict, else the run's metrics now."""
+    tags = mv.tags or {}
+    if tags.get("ech0.gate") in ("passed", "failed"):
+        return tags["ech0.gate"], tags.get("ech0.gate_source", "version tag")
+    if mv.run_id:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            ev = run_evidence(c.get_run(mv.run_id))
+        except MlflowException:
+            ev = None
+        if ev:
+            return ev["gate"], f"run {mv.run_id} metrics"
+    return "none", "no evaluation recorded"
+
+
+# -- register --------------------------------------------------------------------------------------
+
+def _sha(path: Path) -> str:
+    from ech0.io import sha256_file
+
+    return sha256_file(path)
+
+
+def _logged_model_source(c, run) -> tuple[str, str | None]:
+    """(source, model_id) of the run's pyfunc logged at artifact path ``model``."""
+    run_id = run.info.run_id
+    for out in getattr(run.outputs, "model_outputs", None) or []:
+        lm = c.get_logged_model(out.model_id)
+        if lm.name == MODEL_ARTIFACT:
+            return f"models:/{lm.model_id}", lm.model_id
+    names = {a.path for a in c.list_artifacts(run_id, MODEL_ARTIFACT)}
+    if f"{MODEL_ARTIFACT}/MLmodel" in names:
+        return f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", None
+    raise UserError(f"run {run_id} has no logged model at `{MODEL_ARTIFACT}`; train with tracking.log_model=true")
+
+
+def register(run_id: str | None = None, *, run_dir: str | Path | None = None, base_model: str | None = None,
+             config: str | Path | None = None, datasets: list[str] | None = None,
+             eval_report: str | Path | None = None, score: float | None = None, name: str | None = None,
+             description: str | None = None, tracking_uri: str | None = None):
+    """Create a new version of ``name`` from the run's logged model, with its provenance as tags."""
+    from mlflow.exceptions import MlflowException
+
+    name = name or default_name()
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: run folder not found")
+        run_id = run_id or run_dir.name
+    if not run_id:
+        raise UserError("register needs --run-id (or --run-dir)")
+    c = client(tracking_uri)
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as e:
+        if is_not_found(e):
+            raise UserError(f"run {run_id!r} not found in {c.tracking_uri}") from None
+        raise
+    rtags = run.data.tags
+    if run_dir is None:
+        guess = Path(rtags.get("ech0.run_dir") or paths.run_dir(run_id))
+        run_dir = guess if guess.is_dir() else None
+    source, model_id = _logged_model_source(c, run)
+
+    tags: dict[str, Any] = {"ech0.run_id": run_id, "ech0.run_dir": run_dir or "",
+                            "ech0.base_model": base_model or rtags.get("ech0.base_model", ""),
+                            "ech0.base_model_hash": rtags.get("ech0.base_model_hash", ""),
+                            "ech0.preset": rtags.get("ech0.preset", ""), "ech0.git_commit": rtags.get("ech0.git_commit", "")}
+    cfg_path = Path(config) if config else (run_dir / "config.yaml" if run_dir else None)
+    if config and not cfg_path.is_file():
+        raise UserError(f"{config}: config not found")
+    if cfg_path and cfg_path.is_file():
+        tags["ech0.config"], tags["ech0.config_sha256"] = str(cfg_path), _sha(cfg_path)
+    digests: dict[str, str] = {}
+    for d in datasets or []:
+        if not Path(d).is_file():
+            raise UserError(f"{d}: dataset not found")
+        digests[str(d)] = _sha(Path(d))
+    if not datasets:
+        for inp in getattr(run.inputs, "dataset_inputs", None) or []:
+            sha = {t.key: t.value for t in inp.tags}.get("sha256") or inp.dataset.digest
+            digests[inp.dataset.name] = sha
+    tags["ech0.datasets"] = json.dumps(digests, sort_keys=True)
+
+    report = Path(eval_report) if eval_report else None
+    if report is not None:
+        evidence, src = read_report(report), f"report {report}"
+    elif (ev := run_evidence(run)) is not None:
+        evidence, src = ev, f"run {run_id} metrics"
+    elif run_dir and (run_dir / "reports" / "regression_report.json").is_file():
+        report = run_dir / "reports" / "regression_report.json"
+        evidence, src = read_report(report), f"report {report}"
+    else:
+        evidence, src = {"gate": None}, "no evaluation"
+    if report is not None:
+        tags["ech0.eval_report"], tags["ech0.eval_report_sha256"] = str(report), _sha(report)
+    if score is not None:
+        evidence["score"] = float(score)
+    tags["ech0.gate"] = evidence.get("gate") or "none"
+    tags["ech0.gate_source"] = src
+    for k in ("score", "pass_rate", "safety_flags"):
+        if evidence.get(k) is not None:
+            tags[f"ech0.{k}"] = f"{float(evidence[k]):.6g}"
+    tags["ech0.registered_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    tags["ech0.registered_by"] = who()
+    description = description or (
+        f"ech0 {tags['ech0.preset'] or 'model'} fine-tune of {tags['ech0.base_model'] or '?'} from run {run_id}; "
+        f"gate {tags['ech0.gate']}" + (f", score {tags['ech0.score']}" if "ech0.score" in tags else ""))
+
+    try:
+        c.create_registered_model(name, description="ech0 fine-tuned causal LM; aliases: production, staging")
+    except MlflowException as e:
+        if error_code(e) not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    mv = c.create_model_version(name, source=source, run_id=run_id, description=description, model_id=model_id,
+                                tags={k: str(v)[:TAG_MAX] for k, v in tags.items()})
+    return mv
+
+
+def who() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = os.environ.get("ECH0_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+# -- list ------------------------------------------------------------------------------------------
+
+def table(c, name: str) -> list[dict]:
+    rm = registered_model(c, name)
+    aliases: dict[str, list[str]] = {}
+    for alias, v in (rm.aliases or {}).items():
+        aliases.setdefault(str(v), []).append(alias)
+    rows = []
+    for mv in versions(c, name):
+        t = mv.tags or {}
+        rows.append({"version": int(mv.version), "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-",
+                     "stage": mv.current_stage or "None", "score": t.get("ech0.score", "-"),
+                     "gate": t.get("ech0.gate", "none"), "smoke": t.get("ech0.smoke", "-"),
+                     "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mv.creation_timestamp / 1000)),
+                     "run_id": mv.run_id or "-"})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no versions)"
+    cols = list(rows[0])
+    width = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in cols}
+    lines = ["  ".join(k.upper().ljust(width[k]) for k in cols)]
+    lines += ["  ".join(str(r[k]).ljust(width[k]) for k in cols) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,342 @@
+"""Serving smoke check: ``ech0 smoke --model-uri models:/ech0@production`` (or ``python -m ech0.serving``).
+
+    ech0 smoke --model-uri models:/ech0@production [--prompts golden.jsonl] [--max-new-tokens 16]
+
+    from ech0.serving import smoke
+    result = smoke("models:/ech0@production")      # result.passed, result.checks, result.to_dict()
+
+What it proves, in order: ``mlflow models serve -m URI --env-manager local`` starts on 127.0.0.1 and
+a free port and answers ``/ping``; golden prompts sent to ``/invocations`` come back exactly equal to
+what the *evaluated* model generates in process (greedy, :func:`ech0.generation.generate` on the
+run's ``model/`` folder — so a served base model without its adapter fails); malformed payloads get
+a 4xx while the server stays up and keeps answering correctly. The server is then stopped and, for a
+registry URI, the result is recorded on the model version (tags ``ech0.smoke``, ``ech0.smoke_at``,
+``ech0.smoke_detail``). An alias is resolved to its version first, and that exact version is served.
+
+Exit codes: 0 passed, 1 failed, 2 user error (unknown model, alias, version, prompts file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ech0.errors import UserError, cli_errors
+
+DEFAULT_PROMPTS = 4  # the first N prompts of the shipped eval sample are the golden prompts
+
+
+@dataclass
+class SmokeResult:
+    model_uri: str
+    served_uri: str
+    passed: bool = False
+    checks: list[dict] = field(default_factory=list)
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    reference: str = ""
+    port: int | None = None
+    seconds: float = 0.0
+
+    def check(self, name: str, ok: bool, detail: str | dict = "") -> bool:
+        self.checks.append({"name": name, "passed": bool(ok), "detail": detail})
+        return ok
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        failed = [c["name"] for c in self.checks if not c["passed"]]
+        what = f"{self.name} v{self.version}" if self.version else self.served_uri
+        return (f"smoke {'PASSED' if self.passed else 'FAILED'}: {what} ({len(self.checks) - len(failed)}/"
+                f"{len(self.checks)} checks, {self.seconds:.0f}s)" + (f"; failed: {', '.join(failed)}" if failed else ""))
+
+
+def golden_prompts(path: str | os.PathLike | None = None, n: int = DEFAULT_PROMPTS) -> list[str]:
+    """Prompts from a JSONL file (``{"prompt": ...}`` per line) or plain text (one per line)."""
+    if path is None:
+        from ech0.sample_data import __file__ as sample_pkg
+
+        path = Path(sample_pkg).parent / "sample_eval.jsonl"
+        limit = n
+    else:
+        limit = None
+        if not Path(path).is_file():
+            raise UserError(f"{path}: prompts file not found")
+    prompts = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            prompts.append(obj["prompt"] if isinstance(obj, dict) else str(obj))
+        except (ValueError, KeyError):
+            prompts.append(line.strip())
+        if limit and len(prompts) >= limit:
+            break
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise UserError(f"{path}: no usable prompts")
+    return prompts
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _http(method: str, url: str, body: bytes | None = None, content_type: str = "application/json",
+          timeout: float = 120) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type} if body is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as e:
+        return 0, str(e)
+
+
+def request_body(prompts: list[str], max_new_tokens: int) -> bytes:
+    """The documented payload: a ``dataframe_split`` with one ``prompt`` column, params beside it."""
+    return json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [[p] for p in prompts]},
+                       "params": {"max_new_tokens": max_new_tokens}}).encode()
+
+
+MALFORMED = [
+    ("not JSON", b"{not json", "application/json"),
+    ("no prompt column", json.dumps({"dataframe_split": {"columns": ["question"], "data": [["hi"]]}}).encode(),
+     "application/json"),
+    ("prompt not a string", json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [[123]]}}).encode(),
+     "application/json"),
+    ("unknown payload key", json.dumps({"rows": [{"prompt": "hi"}]}).encode(), "application/json"),
+    ("bad param type", json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [["hi"]]},
+                                   "params": {"max_new_tokens": "many"}}).encode(), "application/json"),
+    ("unsupported content type", b"hello", "text/plain"),
+]
+
+
+def _resolve(uri: str, tracking_uri: str | None):
+    """(client, model version or None, uri to serve, run id) for the URI the user gave."""
+    from ech0.registry import store
+
+    c = store.client(tracking_uri)
+    if uri.startswith("models:/"):
+        rest = uri[len("models:/"):].strip("/")
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = store.version_by_alias(c, name, alias)
+        elif "/" in rest and rest.rsplit("/", 1)[1].isdigit():
+            name, v = rest.rsplit("/", 1)
+            mv = store.get_version(c, name, v)
+        else:
+            raise UserError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        return c, mv, f"models:/{mv.name}/{mv.version}", mv.run_id
+    if uri.startswith("runs:/"):
+        return c, None, uri, uri[len("runs:/"):].split("/", 1)[0]
+    p = Path(uri)
+    if not (p / "MLmodel").is_file():
+        raise UserError(f"{uri}: not a model URI (models:/NAME@ALIAS, models:/NAME/N, runs:/RUN/model) "
+                        f"or a folder with an MLmodel file")
+    import yaml
+
+    return c, None, str(p.resolve()), (yaml.safe_load((p / "MLmodel").read_text()) or {}).get("run_id")
+
+
+def _reference_dir(c, run_id: str | None) -> Path | None:
+    """The run's own ``model/`` folder — what the evaluation stage evaluated."""
+    from ech0 import paths
+
+    if not run_id:
+        return None
+    candidates = []
+    try:
+        rd = c.get_run(run_id).data.tags.get("ech0.run_dir")
+        if rd:
+            candidates.append(Path(rd) / "model")
+    except Exception:  # noqa: BLE001 — a run in another store: fall back to the local layout
+        pass
+    candidates.append(paths.run_dir(run_id) / "model")
+    return next((d for d in candidates if (d / "ech0_model.json").is_file()), None)
+
+
+def _reference_outputs(ref: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
+    import json as _json
+
+    from ech0.generation import generate
+    from ech0.mlflow_model import META_FILE, load_trained
+
+    meta = _json.loads((ref / META_FILE).read_text())
+    base = meta.get("base_model")
+    base_override = None
+    if (ref / "adapter_config.json").exists() and not (base and Path(base).is_dir()):
+        sibling = ref.parent / "base"  # inside a downloaded pyfunc: artifacts/model beside artifacts/base
+        base_override = str(sibling) if sibling.is_dir() else None
+    model, tok, meta = load_trained(ref, base_override)
+    return generate(model, tok, prompts, meta["prompt_template"], max_new_tokens=max_new_tokens)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=15)
+
+
+def _log_tail(path: Path, n: int = 1500) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def smoke(model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: int = 16,
+          reference_dir: str | os.PathLike | None = None, tracking_uri: str | None = None, record: bool = True,
+          startup_timeout: float = 300.0, host: str = "127.0.0.1") -> SmokeResult:
+    """Serve ``model_uri`` with ``mlflow models serve`` and check it; see the module docstring."""
+    from ech0 import tracking
+
+    t0 = time.time()
+    c, mv, served, run_id = _resolve(model_uri, tracking_uri)
+    prompts = prompts or golden_prompts()
+    res = SmokeResult(model_uri, served, name=mv.name if mv else None, version=str(mv.version) if mv else None,
+                      run_id=run_id)
+    ref = Path(reference_dir) if reference_dir else _reference_dir(c, run_id)
+    if ref is not None and not (ref / "ech0_model.json").is_file():
+        raise UserError(f"{ref}: not a trained model folder (no ech0_model.json)")
+
+    res.port = free_port(host)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(tracking_uri),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    workdir = Path(tempfile.mkdtemp(prefix="ech0-smoke-"))
+    log = workdir / "serve.log"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", served, "--env-manager", "local",
+           "--host", host, "--port", str(res.port), "--workers", "1"]
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+                                start_new_session=True)
+    base = f"http://{host}:{res.port}"
+    try:
+        # The reference is computed while the server starts (they overlap; both are CPU-bound loads).
+        if ref is None:
+            import mlflow.artifacts
+
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=served, dst_path=str(workdir / "model"),
+                                                             tracking_uri=tracking.tracking_uri(tracking_uri)))
+            ref = local / "artifacts" / "model"
+            res.reference = f"{ref} (the logged adapter; the run's folder was not found)"
+        else:
+            res.reference = str(ref)
+        expected = _reference_outputs(ref, prompts, max_new_tokens)
+
+        deadline, up = time.time() + startup_timeout, False
+        while time.time() < deadline and proc.poll() is None:
+            if _http("GET", f"{base}/ping", timeout=5)[0] == 200:
+                up = True
+                break
+            time.sleep(0.5)
+        if not res.check("ping", up, "" if up else f"server exited {proc.poll()} / not up in {startup_timeout:.0f}s: "
+                                                      f"{_log_tail(log)}"):
+            return res
+
+        def golden(label: str) -> bool:
+            status, text = _http("POST", f"{base}/invocations", request_body(prompts, max_new_tokens))
+            try:
+                got = json.loads(text)["predictions"] if status == 200 else None
+            except (ValueError, KeyError, TypeError):
+                got = None
+            if got == expected:
+                return res.check(label, True, f"{len(prompts)} prompts equal the in-process reference")
+            diff = [{"prompt": p, "expected": e, "served": g} for p, e, g in zip(prompts, expected, got or [None] * len(prompts))
+                    if e != g][:3]
+            return res.check(label, False, {"status": status, "body": text[:300]} if got is None else {"mismatches": diff})
+
+        golden("golden prompts")
+        for label, body, ctype in MALFORMED:
+            status, text = _http("POST", f"{base}/invocations", body, content_type=ctype)
+            alive = _http("GET", f"{base}/ping", timeout=10)[0] == 200
+            res.check(f"malformed: {label}", 400 <= status < 500 and alive,
+                      {"status": status, "server_up": alive, "body": text[:200]})
+        golden("golden prompts after malformed input")
+    finally:
+        _stop(proc)
+        res.passed = bool(res.checks) and all(ch["passed"] for ch in res.checks)
+        res.seconds = round(time.time() - t0, 1)
+        if record and mv is not None:
+            _record(c, mv, res)
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return res
+
+
+def _record(c, mv, res: SmokeResult) -> None:
+    detail = {"served": res.served_uri, "reference": res.reference, "seconds": res.seconds,
+              "failed": [ch for ch in res.checks if not ch["passed"]][:3],
+              "checks": {ch["name"]: ch["passed"] for ch in res.checks}}
+    text = json.dumps(detail, default=str)
+    if len(text) > 5000:
+        detail["failed"] = [{"name": ch["name"]} for ch in detail["failed"]]
+        text = json.dumps(detail, default=str)[:5000]
+    c.set_model_version_tag(mv.name, mv.version, "ech0.smoke", "passed" if res.passed else "failed")
+    c.set_model_version_tag(mv.name, mv.version, "ech0.smoke_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    c.set_model_version_tag(mv.name, mv.version, "ech0.smoke_detail", text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ech0 smoke", description="Serve a model with `mlflow models serve` "
+                                "and check it answers like the evaluated model.")
+    p.add_argument("--model-uri", default="models:/ech0@production",
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/model, or a model folder")
+    p.add_argument("--prompts", help="golden prompts: JSONL with a prompt field, or one per line "
+                                     f"(default: the first {DEFAULT_PROMPTS} of the shipped eval sample)")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--reference-dir", help="the trained model folder to compare with (default: the run's model/)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or $ECH0_HOME/mlflow.db)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server to start")
+    p.add_argument("--no-record", action="store_true", help="do not tag the model version with the result")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    return p
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    from ech0.cli_common import quiet_libraries
+
+    quiet_libraries()
+    prompts = golden_prompts(args.prompts) if args.prompts else None
+    res = smoke(args.model_uri, prompts=prompts, max_new_tokens=args.max_new_tokens, reference_dir=args.reference_dir,
+                tracking_uri=args.tracking_uri, record=not args.no_record, startup_timeout=args.timeout)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2, default=str))
+    else:
+        for ch in res.checks:
+            print(f"  {'ok  ' if ch['passed'] else 'FAIL'} {ch['name']}"
+                  + ("" if ch["passed"] else f": {json.dumps(ch['detail'], default=str)[:300]}"))
+        print(res.line())
+    raise SystemExit(0 if res.passed else 1)
+
+
+if __name__ == "__main__":
+    main()
