@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `benchmarks` (the synthetic generators) importable under plain `pytest`
+    sys.path.insert(0, str(REPO))
 
 
 def build_tokenizer(path: Path) -> Path:
