@@ -73,6 +73,23 @@ def _sha256(path: str | Path) -> str:
     return sha256_file(path)
 
 
+def _lineage(file: str | Path) -> dict | None:
+    """The data stage's record of ``file`` (re-verified), when it is one of its outputs."""
+    from ech0.data import processed_dataset
+
+    p = Path(file).resolve()
+    for stage in ("processed", "clean", "raw"):
+        if p.suffix == ".jsonl" and p.parent == paths.data_dir(stage).resolve():
+            from ech0.data.manifest import manifest_path
+
+            if manifest_path(p.stem, stage).is_file():
+                try:
+                    return processed_dataset(p.stem, stage)
+                except UserError as e:  # a tampered chain: refuse to train on it (exit 2, like any bad input)
+                    raise UserError(f"{e}; re-run `ech0 data validate` or restore the file") from None
+    return None
+
+
 def _dataset_frame(rows: list[dict]):
     import pandas as pd
 
@@ -155,6 +172,7 @@ def fit(cfg: DictConfig) -> FitResult:
     # Data first: a bad file fails before any model is built or run is opened.
     train_rows = read_rows(cfg.data.train_file)
     eval_rows = read_rows(cfg.data.eval_file) if cfg.data.eval_file else []
+    lineage = {"training": _lineage(cfg.data.train_file), "eval": _lineage(cfg.data.eval_file) if eval_rows else None}
     base_path = resolve(cfg.model.name_or_path, OmegaConf.to_container(cfg.model.recipe))
     tok = load_tokenizer(base_path, revision=cfg.model.revision)
     train, train_stats = tokenize_rows(train_rows, tok, cfg.data.prompt_template, tc.max_length, tc.truncation)
@@ -202,7 +220,12 @@ def fit(cfg: DictConfig) -> FitResult:
                 for name, rows, file, context in ((f"{cfg.data.name}-train", train_rows, cfg.data.train_file, "training"),
                                                   (f"{cfg.data.name}-eval", eval_rows, cfg.data.eval_file, "eval")):
                     if rows:
-                        tracker.log_dataset(_dataset_frame(rows), name, str(file), _sha256(file), context)
+                        # The data stage's manifest hash, when there is one: it pins the file and its whole chain.
+                        record = lineage[context]
+                        digest = record["digest"] if record else _sha256(file)
+                        tracker.log_dataset(_dataset_frame(rows), name, str(file), digest, context)
+                        for manifest in record["chain"] if record else []:
+                            tracker.log_artifact(manifest, f"data/{context}")
                 loss_before = completion_loss(model, measure, tok.pad_token_id, device, amp_dtype)
                 tracker.log_metrics({"eval/loss" if evals else "train/loss_measured": loss_before}, step=0)
                 history["eval"].append((0, loss_before))

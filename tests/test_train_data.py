@@ -1,0 +1,45 @@
+"""Training on the data stage's output: manifest digest as the MLflow dataset digest, chain as artifacts."""
+
+from __future__ import annotations
+
+from conftest import run_cli
+
+from ech0.sample_data import TRAIN_FILE
+
+
+def _prepare(tiny_model_dir):
+    for args in (["import", "--input", str(TRAIN_FILE), "--name", "demo"],
+                 ["validate", "--input", "demo", "--stage", "clean", "--tokenizer", str(tiny_model_dir)],
+                 ["validate", "--input", "demo", "--stage", "processed", "--dedupe", "--fail-on-secrets",
+                  "--tokenizer", str(tiny_model_dir)]):
+        out = run_cli("ech0.data", *args, "--no-progress")
+        assert out.returncode == 0, out.stderr
+
+
+def test_train_logs_manifest_digest_and_chain(tiny_model_dir, ech0_home):
+    from mlflow.tracking import MlflowClient
+
+    from ech0.cli_common import compose
+    from ech0.data import processed_dataset
+    from ech0.trainer.fit import fit
+
+    _prepare(tiny_model_dir)
+    cfg = compose("train", ["+preset=lora", "data=processed", "data.name=demo", "trainer.max_steps=3",
+                            "trainer.progress=false", "tracking.log_model=false", "tracking.log_system_metrics=false"])
+    result = fit(cfg)
+    client = MlflowClient(result.tracking_uri)
+    (inp,) = client.get_run(result.run_id).inputs.dataset_inputs
+    expected = processed_dataset("demo")
+    assert inp.dataset.digest == expected["digest"][:36] and inp.dataset.name == "demo-train"
+    names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(result.run_id, "data/training")}
+    assert names == {"demo.processed.manifest.json", "demo.clean.manifest.json", "demo.raw.manifest.json"}
+
+
+def test_tampered_processed_file_is_refused(tiny_model_dir, ech0_home):
+    _prepare(tiny_model_dir)
+    processed = ech0_home / "data" / "processed" / "demo.jsonl"
+    processed.write_text(processed.read_text().replace("ECHO", "ECH0", 1))
+    out = run_cli("ech0.train", "+preset=lora", "data=processed", "data.name=demo", "trainer.max_steps=2")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-1500:]
+    assert "demo" in out.stderr.strip().splitlines()[-1]
+    assert not (ech0_home / "models").exists(), "no run is started on tampered data"
