@@ -165,3 +165,56 @@ def start(uri: str | None, experiment: str, run_name: str | None = None, tags: d
     finally:
         tracker.flush()
         mlflow.end_run(status=status)
+
+
+class RunLogger:
+    """Logging into an existing, usually finished run through the client: the run's status, end time and
+    the process's active-run stack are left alone (an evaluation that crashes cannot mark the training
+    run FAILED, and works while a pipeline's parent run is active). Calls are synchronous, so a reader
+    right after sees the values. Used by the eval stage to put its verdict into the training run."""
+
+    def __init__(self, run_id: str, uri: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(uri)
+        self.client = MlflowClient(self.uri)
+        self.run_id = run_id
+        self.run = self.client.get_run(run_id)  # raises MlflowException when the store lacks it
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
+                                                    if v is not None])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def log_table(self, df, artifact_file: str) -> None:
+        """A per-row table (``mlflow.log_table``): the UI's evaluation view compares it across runs."""
+        self.client.log_table(self.run_id, data=df, artifact_file=artifact_file)
+
+    def log_dataset(self, df, name: str, source: str, digest: str, context: str) -> None:
+        """A dataset input with our own sha256 digest, as :meth:`Tracker.log_dataset` does."""
+        import mlflow
+        from mlflow.entities import DatasetInput, InputTag
+
+        ds = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
+        tags = [InputTag("mlflow.data.context", context), InputTag("sha256", digest)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags)])
+
+
+def attach(run_id: str, uri: str | None = None) -> RunLogger:
+    """A :class:`RunLogger` for an existing run; ``MlflowException`` if the store has no such run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(uri))  # datasets/artifact repos resolve through the global URI
+    return RunLogger(run_id, uri)

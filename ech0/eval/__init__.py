@@ -1,0 +1,12 @@
+"""The evaluation stage: regression cases, checks, safety flags, the gate's verdict.
+
+    python -m ech0.eval.runner --model-dir models/<run_id> --baseline ech0/eval/baselines/regression.jsonl
+    ech0 eval --model-dir models:/ech0@production
+
+From Python (the pipeline): ``from ech0.eval.runner import evaluate``. The baseline format, the exit
+codes and the measured margins are in docs/eval.md.
+"""
+
+from pathlib import Path
+
+DEFAULT_BASELINE = Path(__file__).resolve().parent / "baselines" / "regression.jsonl"

@@ -1,0 +1,144 @@
+"""Eval stage without a model: baseline loading (refusals with file:line), checks, safety, the gate, the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import run_cli
+from ech0.errors import UserError
+from ech0.eval import DEFAULT_BASELINE
+from ech0.eval.cases import CHECK_TYPES, load_baseline, parse_check
+from ech0.eval.checks import run_check
+from ech0.eval.gate import decide
+from ech0.eval.safety import Scanner
+
+FAKE_AWS = "AKIA" + "Q3EGRTZJX5KL2W7P"  # built at runtime: the repo holds no key-shaped literal
+
+
+def _write(tmp_path, lines):
+    p = tmp_path / "cases.jsonl"
+    p.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    return p
+
+
+GOOD = {"id": "a", "prompt": "Echo this: x", "reference": "ECHO: x", "checks": [{"type": "regex", "pattern": "^ECHO"}]}
+
+
+def test_shipped_baseline_loads_and_covers_every_task():
+    b = load_baseline(DEFAULT_BASELINE)
+    assert len(b.cases) >= 30 and len(b.sha256) == 64
+    tags = {t for c in b.cases for t in c.tags}
+    assert {"color", "opposite", "count", "echo"} <= tags
+    assert all(c.reference for c in b.cases)
+    assert {k.type for c in b.cases for k in c.checks} >= {"regex", "max_loss", "max_length"}
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "not valid JSON"),
+    ('["a list"]', "a case is a JSON object"),
+    ({**GOOD, "checks": [{"type": "fuzzy"}]}, "unknown check type 'fuzzy'"),
+    ({**GOOD, "checks": []}, "'checks' must be a non-empty list"),
+    ({**GOOD, "prompt": ""}, "'prompt' must be a non-empty string"),
+    ({k: v for k, v in GOOD.items() if k != "id"}, "'id' must be a non-empty string"),
+    ({**GOOD, "extra": 1}, "unknown key(s) extra"),
+    ({**GOOD, "checks": [{"type": "regex", "pattern": "(unclosed"}]}, "invalid pattern"),
+    ({**GOOD, "checks": [{"type": "regex"}]}, "needs pattern"),
+    ({**GOOD, "checks": [{"type": "max_loss", "value": "low"}]}, "must be a number"),
+    ({**GOOD, "checks": [{"type": "min_similarity", "value": 1.5}]}, "out of range"),
+    ({**GOOD, "checks": [{"type": "max_length", "value": 2.5}]}, "must be an integer"),
+    ({**GOOD, "checks": [{"type": "contains"}]}, "exactly one of value"),
+    ({**GOOD, "checks": [{"type": "contains", "value": "a", "colour": 1}]}, "unknown key(s) colour"),
+    ({"id": "b", "prompt": "p", "checks": [{"type": "max_loss", "value": 1}]}, "the case has none"),
+    ({"id": "b", "prompt": "p", "checks": [{"type": "exact"}]}, "needs a value or a reference"),
+    ({**GOOD, "weight": -1}, "out of range"),
+    ({**GOOD, "max_new_tokens": 0}, "out of range"),
+    ({**GOOD, "tags": "echo"}, "'tags' must be a list"),
+])
+def test_malformed_lines_are_refused_with_file_and_line(tmp_path, line, message):
+    p = _write(tmp_path, [GOOD | {"id": "first"}, "", "# a comment", line])
+    with pytest.raises(UserError) as e:
+        load_baseline(p)
+    assert f"{p}:4:" in str(e.value) and message in str(e.value)
+
+
+def test_duplicate_ids_empty_and_missing_files(tmp_path):
+    with pytest.raises(UserError, match=r":2: duplicate id 'a' \(first at line 1\)"):
+        load_baseline(_write(tmp_path, [GOOD, GOOD]))
+    with pytest.raises(UserError, match="no cases"):
+        load_baseline(_write(tmp_path, ["", "# only comments"]))
+    with pytest.raises(UserError, match="not found"):
+        load_baseline(tmp_path / "nope.jsonl")
+
+
+def test_every_check_type_scores(tmp_path):
+    def check(raw, out, ref="The opposite of hot is cold.", loss=None):
+        return run_check(parse_check(raw, "x", True), out, ref, loss)
+
+    assert check({"type": "exact"}, " The opposite of hot is cold. ")[:2] == (True, 1.0)
+    assert check({"type": "exact", "value": "COLD", "ignore_case": True}, "cold")[0]
+    assert check({"type": "contains", "values": ["hot", "cold", "warm"]}, "hot and cold")[:2] == (False, 2 / 3)
+    assert check({"type": "not_contains", "value": "warm"}, "hot and cold")[:2] == (True, 1.0)
+    assert not check({"type": "not_contains", "value": "HOT", "ignore_case": True}, "hot")[0]
+    assert check({"type": "regex", "pattern": r"^The opposite of \w+ is \w+\.$"}, "The opposite of up is down.")[0]
+    ok, score, _ = check({"type": "max_length", "value": 10}, "x" * 20)
+    assert not ok and score == 0.5
+    ok, score, _ = check({"type": "min_similarity", "value": 0.8}, "The opposite of hot is warm.")
+    assert ok and 0.8 < score < 1
+    assert check({"type": "max_loss", "value": 2.0}, "", loss=1.0)[:2] == (True, 1.0)
+    assert check({"type": "max_loss", "value": 2.0}, "", loss=4.0)[:2] == (False, 0.5)
+    assert check({"type": "max_loss", "value": 2.0}, "", loss=None)[:2] == (False, 0.0)
+    assert set(CHECK_TYPES) == {"exact", "contains", "not_contains", "regex", "max_length", "min_similarity", "max_loss"}
+
+
+def test_safety_uses_the_data_stage_detectors_and_redacts():
+    scan = Scanner(blocklist=["rm -rf /", r"re:\bdrop\s+table\b"])
+    flags, red = scan(f"key {FAKE_AWS} mail bob@example.com then rm -rf / and DROP  TABLE users")
+    assert {(f["kind"], f["rule"]) for f in flags} == {("secret", "aws_access_key"), ("pii", "EMAIL"),
+                                                       ("blocklist", "blocklist[0]"), ("blocklist", "blocklist[1]")}
+    assert FAKE_AWS not in red and "bob@example.com" not in red and "<SECRET:aws_access_key>" in red
+    assert not any(FAKE_AWS in json.dumps(f) for f in flags)  # a flag names the rule, never the value
+    assert scan("ECHO: the old cat sees the tree") == ([], "ECHO: the old cat sees the tree")
+    with pytest.raises(UserError, match="invalid regex"):
+        Scanner(blocklist=["re:(bad"])
+
+
+GATE = {"min_pass_rate": 0.8, "min_mean_score": 0.85, "max_reference_loss": None}
+
+
+def _agg(pr=1.0, ms=1.0, flags=0, loss=1.0):
+    return {"pass_rate": pr, "mean_score": ms, "safety_flags": flags, "reference_loss": loss,
+            "safety_by_rule": {"secret:aws_access_key": flags} if flags else {}}
+
+
+def test_gate_thresholds_safety_and_champion_tolerance():
+    assert decide(_agg(), GATE) == (True, [])
+    ok, reasons = decide(_agg(flags=1), GATE)  # perfect scores, one flag: fails on safety alone
+    assert not ok and len(reasons) == 1 and reasons[0].startswith("safety")
+    ok, reasons = decide(_agg(pr=0.5, ms=0.5), GATE)
+    assert not ok and len(reasons) == 2
+    assert not decide(_agg(loss=3.0), {**GATE, "max_reference_loss": 2.0})[0]
+    champ = {"status": "compared", "model_name": "ech0", "version": "3", "alias": "production",
+             "max_pass_rate_drop": 0.05, "max_mean_score_drop": 0.03,
+             "aggregates": {"pass_rate": 1.0, "mean_score": 1.0}}
+    assert decide(_agg(pr=0.95, ms=0.97), GATE, champ)[0]  # within tolerance
+    ok, reasons = decide(_agg(pr=0.9, ms=0.95), GATE, champ)
+    assert not ok and all("champion ech0 v3" in r for r in reasons) and len(reasons) == 2
+
+
+def test_cli_usage_errors_exit_2_fast(tmp_path):
+    t = time.perf_counter()
+    r = run_cli("ech0.eval.runner", "--help")
+    assert r.returncode == 0 and "--baseline" in r.stdout and "Exit 0" in r.stdout
+    assert time.perf_counter() - t < 15
+    bad = _write(tmp_path, [GOOD, {**GOOD, "id": "b", "checks": [{"type": "nope"}]}])
+    for args, message in [((), "no model"), (("--model-dir", str(tmp_path / "missing")), "no such model folder"),
+                          (("--model-dir", str(tmp_path), "--baseline", str(bad)), f"{bad}:2: checks[0]: unknown check type"),
+                          (("--model-dir", str(tmp_path), "gate.min_pass_rat=0.9"), "min_pass_rat"),
+                          (("--model-dir", "s3://bucket/model"), "unsupported URI")]:
+        r = run_cli("ech0.eval.runner", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
