@@ -77,6 +77,8 @@ def _quiet() -> None:
     quiet_libraries()
     import logging
 
+    import mlflow  # noqa: F401 — mlflow sets its loggers' levels on import; quiet them after that
+
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 

@@ -50,6 +50,8 @@ def _pyfunc_artifacts(model_dir: Path) -> dict[str, str]:
 
 def _save_from_run_dir(run_dir: Path, out: Path) -> dict:
     """Build the pyfunc from a run folder alone (no tracking store needed), as training logs it."""
+    import warnings
+
     import mlflow.pyfunc
 
     import ech0
@@ -65,8 +67,10 @@ def _save_from_run_dir(run_dir: Path, out: Path) -> dict:
         if not base.is_dir():
             raise UserError(f"{run_dir}: the adapter's base model {meta.get('base_model')!r} is not a local folder")
         artifacts["base"] = str(base)
-    mlflow.pyfunc.save_model(str(out), python_model=Ech0Generator(), artifacts=artifacts, signature=signature(),
-                             pip_requirements=pip_requirements(), code_paths=[str(Path(ech0.__file__).parent)])
+    with warnings.catch_warnings():  # MLflow's notes on type hints and pickled python_model
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.save_model(str(out), python_model=Ech0Generator(), artifacts=artifacts, signature=signature(),
+                                 pip_requirements=pip_requirements(), code_paths=[str(Path(ech0.__file__).parent)])
     return {"kind": "run_dir", "run_dir": str(run_dir), "run_id": meta.get("run_id", run_dir.name)}
 
 
