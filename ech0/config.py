@@ -55,6 +55,7 @@ class TrainerConfig:
     batch_size: int = 16  # rows per optimizer step (split into micro-batches by grad_accum)
     grad_accum: int = 1  # micro-batches per optimizer step
     max_length: int = 512  # tokens per row, prompt + completion + EOS
+    packing: bool = True  # pack each micro-batch into one padding-free row (attention stays per row)
     truncation: str = "right"  # right: cut the completion's tail | left: cut the prompt's head | drop: skip the row
     precision: str = "auto"  # auto (measured: bf16 only where it is faster) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda

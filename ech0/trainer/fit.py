@@ -185,6 +185,10 @@ def fit(cfg: DictConfig) -> FitResult:
     model = load_model(base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                        revision=cfg.model.revision)
     model = instantiate(cfg.peft, model=model).to(device)
+    if tc.packing:
+        from ech0.trainer.packing import enable
+
+        enable(model)
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,

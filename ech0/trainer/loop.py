@@ -11,6 +11,7 @@ import math
 import time
 
 from ech0.trainer.data import collate, epoch_batches
+from ech0.trainer.packing import collate_packed
 
 
 def make_scheduler(optimizer, kind: str, warmup: int, total: int):
@@ -46,8 +47,9 @@ def loss_sum(model, batch: dict, device: str, amp_dtype):
     import torch
 
     labels = batch["labels"].to(device)
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
     with autocast(device, amp_dtype):
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        logits = model(**inputs).logits
     shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
     shift_labels = labels[:, 1:].reshape(-1)
     total = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
@@ -84,6 +86,7 @@ class Loop:
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         self._epoch_cache: tuple[int, list] | None = None
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.collate = collate_packed if cfg.packing else (lambda rows: collate(rows, pad_id))
 
     def batch_for(self, step: int) -> list:
         epoch, index = divmod(step, self.steps_per_epoch)
@@ -100,7 +103,7 @@ class Loop:
         n_completion = sum(sum(1 for t in e.labels[1:] if t != -100) for e in rows)
         total = 0.0
         for part in micro:
-            s, _ = loss_sum(self.model, collate(part, self.pad_id), self.device, self.amp_dtype)
+            s, _ = loss_sum(self.model, self.collate(part), self.device, self.amp_dtype)
             (s / n_completion).backward()
             total += float(s.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
