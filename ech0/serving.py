@@ -110,10 +110,12 @@ def _http(method: str, url: str, body: bytes | None = None, content_type: str = 
         return 0, str(e)
 
 
-def request_body(prompts: list[str], max_new_tokens: int) -> bytes:
-    """The documented payload: a ``dataframe_split`` with one ``prompt`` column, params beside it."""
-    return json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [[p] for p in prompts]},
-                       "params": {"max_new_tokens": max_new_tokens}}).encode()
+def request_body(prompts: list[str], max_new_tokens: int, records: bool = False) -> bytes:
+    """The documented payloads: ``dataframe_split`` (or ``dataframe_records``) with one ``prompt``
+    column, ``params`` beside it; the answer is ``{"predictions": [text, ...]}`` in prompt order."""
+    frame = ({"dataframe_records": [{"prompt": p} for p in prompts]} if records else
+             {"dataframe_split": {"columns": ["prompt"], "data": [[p] for p in prompts]}})
+    return json.dumps({**frame, "params": {"max_new_tokens": max_new_tokens}}).encode()
 
 
 MALFORMED = [
@@ -259,8 +261,8 @@ def smoke(model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: i
                                                       f"{_log_tail(log)}"):
             return res
 
-        def golden(label: str) -> bool:
-            status, text = _http("POST", f"{base}/invocations", request_body(prompts, max_new_tokens))
+        def golden(label: str, records: bool = False) -> bool:
+            status, text = _http("POST", f"{base}/invocations", request_body(prompts, max_new_tokens, records))
             try:
                 got = json.loads(text)["predictions"] if status == 200 else None
             except (ValueError, KeyError, TypeError):
@@ -272,6 +274,7 @@ def smoke(model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: i
             return res.check(label, False, {"status": status, "body": text[:300]} if got is None else {"mismatches": diff})
 
         golden("golden prompts")
+        golden("golden prompts as dataframe_records", records=True)
         for label, body, ctype in MALFORMED:
             status, text = _http("POST", f"{base}/invocations", body, content_type=ctype)
             alive = _http("GET", f"{base}/ping", timeout=10)[0] == 200

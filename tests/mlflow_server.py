@@ -68,11 +68,22 @@ class Server:
                 self.proc.wait(timeout=20)
 
 
+# Test modules import these fixtures, which gives each module its own copy of a "session" fixture;
+# the objects themselves are cached here so that one server and one store of each kind serve them all.
+_SHARED: dict = {}
+
+
+def _shared(key: str, make):
+    if key not in _SHARED:
+        _SHARED[key] = make()
+    return _SHARED[key]
+
+
 @pytest.fixture(scope="session")
 def mlflow_server_proc(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("mlflow-server"))
+    server = _shared("server", lambda: Server(tmp_path_factory.mktemp("mlflow-server")))
     yield server
-    server.stop()
+    server.stop()  # idempotent: the first module's teardown (at the session's end) stops it
 
 
 @pytest.fixture(scope="session")
@@ -136,13 +147,17 @@ def log_run(uri: str, home: Path, source, *, gate=None, score=None, model_dir=No
 @pytest.fixture(scope="session")
 def sqlite_store(mlflow_server_proc, trained_run, tmp_path_factory) -> Store:
     # mlflow_server_proc first: the server boots while the SQLite tests run.
-    home = tmp_path_factory.mktemp("registry-sqlite")
-    return Store("sqlite", f"sqlite:///{home / 'mlflow.db'}", home, trained_run)
+    def make():
+        home = tmp_path_factory.mktemp("registry-sqlite")
+        return Store("sqlite", f"sqlite:///{home / 'mlflow.db'}", home, trained_run)
+
+    return _shared("sqlite_store", make)
 
 
 @pytest.fixture(scope="session")
 def server_store(mlflow_server, trained_run, tmp_path_factory) -> Store:
-    return Store("server", mlflow_server, tmp_path_factory.mktemp("registry-server"), trained_run)
+    return _shared("server_store", lambda: Store("server", mlflow_server, tmp_path_factory.mktemp("registry-server"),
+                                                 trained_run))
 
 
 @pytest.fixture(params=["sqlite", "server"])

@@ -140,8 +140,10 @@ class RegistryLock:
                                 "safe to delete once ech0.lock.expires (epoch seconds) has passed")
                 return self
             except MlflowException as e:
+                # Transient: a busy SQLite file, a server hiccup, or the SQL store's "already exists"
+                # check finding the lock already released again (it reports that as not found).
                 transient = "locked" in str(e).lower() or store.error_code(e) in (
-                    "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+                    "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_DOES_NOT_EXIST")
                 if not transient and store.error_code(e) not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                     raise
             try:
