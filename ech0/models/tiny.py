@@ -100,12 +100,12 @@ def build(recipe: TinyRecipe = TinyRecipe(), force: bool = False, verbose: bool 
             pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
         )
         model = LlamaForCausalLM(cfg)
-        ids = torch.tensor(tok("</s>".join(corpus))["input_ids"])
+        ids = torch.tensor(tok("</s>".join(corpus), verbose=False)["input_ids"])
         split = int(len(ids) * 0.95)
         train_ids, held_ids = ids[:split], ids[split:]
         B, T = recipe.pretrain_batch, recipe.pretrain_block
         opt = torch.optim.AdamW(model.parameters(), lr=recipe.pretrain_lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.pretrain_lr, total_steps=recipe.pretrain_steps,
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.pretrain_lr, total_steps=max(1, recipe.pretrain_steps),
                                                     pct_start=0.1)
         gen = torch.Generator().manual_seed(recipe.seed)
         model.train()

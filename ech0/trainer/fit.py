@@ -29,6 +29,8 @@ class FitResult:
     loss_after: float
     steps: int
     wall_seconds: float
+    train_seconds: float = 0.0  # inside the step loop only (no loading, evaluation or logging of the model)
+    train_tokens: int = 0  # real (non-padding) tokens the step loop processed
     model: object = field(default=None, repr=False)  # the in-process fine-tuned model (tests, pipeline)
     tokenizer: object = field(default=None, repr=False)
 
@@ -294,7 +296,8 @@ def fit(cfg: DictConfig) -> FitResult:
             status.update(state="failed", error=f"{type(e).__name__}: {e}"[:2000], force=True)
             raise
     return FitResult(tracker.run_id, run_dir, tracking.tracking_uri(cfg.tracking.uri), loss_before, loss_after,
-                     tc.max_steps, time.time() - t_start, model=model, tokenizer=tok)
+                     tc.max_steps, time.time() - t_start, train_seconds=speed["seconds"], train_tokens=speed["tokens"],
+                     model=model, tokenizer=tok)
 
 
 def _save_model(model, tok, out: Path, cfg, base_path: str, run_id: str) -> None:
