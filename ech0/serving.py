@@ -309,8 +309,9 @@ def _record(c, mv, res: SmokeResult) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ech0 smoke", description="Serve a model with `mlflow models serve` "
                                 "and check it answers like the evaluated model.")
-    p.add_argument("--model-uri", default="models:/ech0@production",
-                   help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/model, or a model folder")
+    p.add_argument("--model-uri", default=None,
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/model, or a model folder "
+                        "(default: models:/ech0@production, or $ECH0_REGISTRY_NAME's)")
     p.add_argument("--prompts", help="golden prompts: JSONL with a prompt field, or one per line "
                                      f"(default: the first {DEFAULT_PROMPTS} of the shipped eval sample)")
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -329,6 +330,10 @@ def main(argv: list[str] | None = None) -> None:
 
     quiet_libraries()
     prompts = golden_prompts(args.prompts) if args.prompts else None
+    if args.model_uri is None:
+        from ech0.registry.store import default_name
+
+        args.model_uri = f"models:/{default_name()}@production"
     res = smoke(args.model_uri, prompts=prompts, max_new_tokens=args.max_new_tokens, reference_dir=args.reference_dir,
                 tracking_uri=args.tracking_uri, record=not args.no_record, startup_timeout=args.timeout)
     if args.json:

@@ -200,22 +200,41 @@ def test_unknown_things_are_one_line_and_exit_2(store, model_name, capsys, tmp_p
         assert expected in err and err.startswith("error: ") and err.count("\n") == 1, (args, err)
 
 
-def test_cli_entry_points_without_traceback(store, model_name):
-    from conftest import run_cli
-
-    env = {**store.env(), "ECH0_REGISTRY_NAME": model_name}
-    r = run_cli("ech0.cli", "registry", "promote", "--version", "1", "--stage", "bogus", env=env, timeout=300)
-    assert r.returncode == 2 and r.stderr.strip() == "error: unknown stage 'bogus'; expected one of production, staging"
+def test_cli_entry_points_without_traceback(sqlite_store):
+    """The real commands (`ech0 registry`, the seed's script) in subprocesses: one line, exit 2.
+    Not run per backend: what it checks is the entry points, not the store."""
+    import os
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from conftest import ROOT, run_cli
 
-    r = subprocess.run([sys.executable, "scripts/model_registry.py", "list"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300, env={**__import__("os").environ, **env})
+    r = run_cli("ech0.cli", "registry", "promote", "--version", "1", "--stage", "bogus", env=sqlite_store.env(),
+                timeout=300)
+    assert r.returncode == 2 and r.stderr.strip() == "error: unknown stage 'bogus'; expected one of production, staging"
+    r = subprocess.run([sys.executable, "scripts/model_registry.py", "list", "--name", "no-such-model"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, **sqlite_store.env()})
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert "registered model 'no-such-model' not found" in r.stderr
 
 
 def test_promote_refuses_unregistered_model_name(store, capsys):
     with pytest.raises(UserError, match="not found"):
         hist.promote(version="1", name="never-registered-xyz", tracking_uri=store.uri)
+
+
+def test_lock_waits_for_a_live_holder_and_breaks_a_dead_one(store, model_name, capsys):
+    import time
+
+    reg(store, model_name)
+    c = client(store)
+    lock = model_name + hist.LOCK_SUFFIX
+    c.create_registered_model(lock, tags={"ech0.lock.owner": "other", "ech0.lock.expires": str(time.time() + 600),
+                                          "ech0.lock.who": "someone@elsewhere pid 1"})
+    code, _, err = cli(capsys, "promote", "--version", "1", "--lock-timeout", "1", "--name", model_name,
+                       "--tracking-uri", store.uri)
+    assert code == 2 and "locked by someone@elsewhere pid 1" in err and err.count("\n") == 1
+    assert "production" not in c.get_registered_model(model_name).aliases
+    c.set_registered_model_tag(lock, "ech0.lock.expires", str(time.time() - 1))  # its holder died
+    assert hist.promote(version="1", name=model_name, tracking_uri=store.uri, lock_timeout=5).version == "1"
+    assert not [m for m in c.search_registered_models(f"name = '{lock}'")]

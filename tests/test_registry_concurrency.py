@@ -35,7 +35,7 @@ for _ in range(n):
 print(json.dumps({"written": written, "refused": refused}))
 """
 
-PROCS, OPS = 4, 6
+PROCS, OPS = 4, 5
 
 
 def test_parallel_promote_and_rollback_keep_history_and_alias_consistent(store, model_name):

@@ -78,7 +78,11 @@ def events(rm) -> list[Event]:
     out = []
     for k, v in (rm.tags or {}).items():
         if k.startswith(HISTORY_PREFIX) and k[len(HISTORY_PREFIX):].isdigit():
-            out.append(Event(**json.loads(v)))
+            try:
+                out.append(Event(**json.loads(v)))
+            except (ValueError, TypeError):
+                raise UserError(f"registered model {rm.name!r}: history tag {k} is not an ech0 event; "
+                                f"restore it from the MLflow UI's tag list or delete it") from None
     return sorted(out, key=lambda e: e.seq)
 
 
@@ -281,10 +285,10 @@ class _Txn:
                     fn(self.name, e.to_version, target)
                 if e.from_version and e.from_version != e.to_version:
                     old = self.c.get_model_version(self.name, e.from_version)
-                    others = {str(v) for a, v in (self.c.get_registered_model(self.name).aliases or {}).items()
-                              if a in LEGACY_STAGE}
-                    if old.current_stage == target and e.from_version not in others:
-                        fn(self.name, e.from_version, "Archived")
+                    if old.current_stage == target:  # still shown in this stage: another alias's, or Archived
+                        held = sorted(a for a, v in (self.c.get_registered_model(self.name).aliases or {}).items()
+                                      if a in LEGACY_STAGE and str(v) == e.from_version)
+                        fn(self.name, e.from_version, LEGACY_STAGE[held[0]] if held else "Archived")
         except (MlflowException, NotImplementedError):
             return False
         return True
