@@ -41,7 +41,8 @@ def legacy_stages_supported(c) -> bool:
 
 def test_register_records_provenance_and_list_shows_it(store, model_name, capsys, tmp_path):
     report = tmp_path / "regression_report.json"
-    report.write_text(json.dumps({"gate": {"passed": False}, "mean_score": 0.4, "pass_rate": 0.5}))
+    report.write_text(json.dumps({"verdict": {"passed": False, "reasons": ["pass rate 0.500 < 0.8"]},
+                                  "aggregates": {"mean_score": 0.4, "pass_rate": 0.5, "safety_flags": 0}}))
     code, out, err = cli(capsys, "register", "--run-id", store.runs["passed"], "--name", model_name,
                          "--tracking-uri", store.uri)
     assert code == 0, err
@@ -64,6 +65,7 @@ def test_register_records_provenance_and_list_shows_it(store, model_name, capsys
     t2 = v2.tags  # explicit flags win over the run's metrics
     assert t2["ech0.gate"] == "failed" and t2["ech0.score"] == "0.41" and t2["ech0.base_model"] == "my-base"
     assert t2["ech0.eval_report"] == str(report) and len(t2["ech0.eval_report_sha256"]) == 64
+    assert t2["ech0.pass_rate"] == "0.5" and t2["ech0.safety_flags"] == "0"
     assert list(json.loads(t2["ech0.datasets"]).values())[0] == json.loads(t["ech0.datasets"])["sample-train"]
 
     rstore.register(store.runs["noeval"], name=model_name, tracking_uri=store.uri)

@@ -141,7 +141,8 @@ def _dig(d: Any, *keys: str):
 
 
 def read_report(path: str | Path) -> dict:
-    """Gate verdict and scores from a regression report (tolerant of the report's exact layout)."""
+    """Gate verdict and scores from ``regression_report.json`` (``verdict.passed``, ``aggregates.*``, as
+    ech0.eval writes it; flat ``passed``/``mean_score`` layouts are read too)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{path}: eval report not found")
@@ -149,15 +150,15 @@ def read_report(path: str | Path) -> dict:
         rep = json.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not a JSON eval report ({e})") from None
-    passed = _dig(rep, "gate.passed", "gate_passed", "passed", "verdict.passed")
+    passed = _dig(rep, "verdict.passed", "gate.passed", "gate_passed", "passed")
     if isinstance(passed, str):
         passed = passed.strip().lower() in ("pass", "passed", "true", "1", "yes")
     if passed is None and isinstance(rep.get("verdict"), str):
         passed = rep["verdict"].strip().lower() in ("pass", "passed")
     return {"gate": None if passed is None else ("passed" if passed else "failed"),
-            "score": _dig(rep, "mean_score", "summary.mean_score", "metrics.mean_score", "score"),
-            "pass_rate": _dig(rep, "pass_rate", "summary.pass_rate", "metrics.pass_rate"),
-            "safety_flags": _dig(rep, "safety_flags", "summary.safety_flags", "metrics.safety_flags")}
+            "score": _dig(rep, "aggregates.mean_score", "mean_score", "summary.mean_score", "score"),
+            "pass_rate": _dig(rep, "aggregates.pass_rate", "pass_rate", "summary.pass_rate"),
+            "safety_flags": _dig(rep, "aggregates.safety_flags", "safety_flags", "summary.safety_flags")}
 
 
 def run_evidence(run) -> dict | None:
