@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -176,12 +177,10 @@ def _reference_dir(c, run_id: str | None) -> Path | None:
 
 
 def _reference_outputs(ref: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
-    import json as _json
-
     from ech0.generation import generate
     from ech0.mlflow_model import META_FILE, load_trained
 
-    meta = _json.loads((ref / META_FILE).read_text())
+    meta = json.loads((ref / META_FILE).read_text())
     base = meta.get("base_model")
     base_override = None
     if (ref / "adapter_config.json").exists() and not (base and Path(base).is_dir()):
@@ -191,7 +190,8 @@ def _reference_outputs(ref: Path, prompts: list[str], max_new_tokens: int) -> li
     return generate(model, tok, prompts, meta["prompt_template"], max_new_tokens=max_new_tokens)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session=True``: its whole process group, TERM then KILL."""
     if proc.poll() is not None:
         return
     try:
@@ -282,13 +282,11 @@ def smoke(model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: i
                       {"status": status, "server_up": alive, "body": text[:200]})
         golden("golden prompts after malformed input")
     finally:
-        _stop(proc)
+        stop_process(proc)
         res.passed = bool(res.checks) and all(ch["passed"] for ch in res.checks)
         res.seconds = round(time.time() - t0, 1)
         if record and mv is not None:
             _record(c, mv, res)
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
     return res
 

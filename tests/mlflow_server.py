@@ -9,8 +9,6 @@ end of the session.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,9 +20,9 @@ import pytest
 
 class Server:
     def __init__(self, root: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        from ech0.serving import free_port
+
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.root = root
         self.log = root / "server.log"
@@ -56,16 +54,9 @@ class Server:
         return self.url
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=20)
+        from ech0.serving import stop_process
+
+        stop_process(self.proc)
 
 
 # Test modules import these fixtures, which gives each module its own copy of a "session" fixture;
