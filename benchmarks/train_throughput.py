@@ -203,7 +203,7 @@ def main() -> None:
 
     model_dir = ensure_base_model(recipe(args.quick), verbose=True)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    n = args.rows or (48 if args.quick else 400)
+    n = args.rows or (48 if args.quick else 160)
     rows = make_rows(tok, n + max(8, n // 10), SEED)
     template = compose("train", [])["data"]["prompt_template"]
     work = Path(tempfile.mkdtemp(prefix="ech0-bench-"))

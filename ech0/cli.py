@@ -15,6 +15,8 @@ STAGES = {
     "eval": ("ech0.eval.runner", "run regression cases against a model; the gate decides (exit 0/1)"),
     "registry": ("ech0.registry", "register, list, promote, rollback, package, verify model versions"),
     "smoke": ("ech0.serving", "serve a model with `mlflow models serve` and check its answers"),
+    "pipeline": ("ech0.pipeline", "train -> eval gate -> register -> promote on pass -> serving smoke"),
+    "watch": ("ech0.watch", "follow a run's status.json until it ends"),
     "base-model": ("ech0.models.tiny", "build (or find) the local tiny base model"),
 }
 

@@ -73,12 +73,18 @@ def quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow re-applies its own level on import
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("mlflow", "matplotlib", "transformers", "peft", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*dataset source can be interpreted.*", ".*type hints to the `predict` method.*",
                     ".*input example was not provided.*", ".*Converting a tensor with requires_grad.*"):
         warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notices, not the user's concern
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every model load
 
 
 def print_summary(result) -> None:

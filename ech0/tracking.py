@@ -151,8 +151,11 @@ def start(uri: str | None, experiment: str, run_name: str | None = None, tags: d
     experiment_id = setup(uri, experiment)
     if log_system_metrics:
         os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")
+    active = mlflow.active_run()  # inside a pipeline's parent run: this one nests under it
+    if active is not None and parent_run_id is None:
+        parent_run_id = active.info.run_id
     run = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else experiment_id,
-                           run_name=None if resume_run_id else run_name, tags=tags,
+                           run_name=None if resume_run_id else run_name, tags=tags, nested=active is not None,
                            parent_run_id=parent_run_id, log_system_metrics=log_system_metrics)
     tracker = Tracker(run)
     status = "FAILED"

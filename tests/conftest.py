@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -66,3 +68,15 @@ def trained_run(tiny_model_dir, tmp_path_factory):
         result = fit(cfg)
     result.home, result.cfg = home, cfg
     return result
+
+
+def clone_home(src: Path, dst: Path) -> Path:
+    """Copy an ECH0_HOME (store + artifacts + run dirs) and point the SQLite store's paths at the copy."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints"))
+    con = sqlite3.connect(dst / "mlflow.db")
+    for table, col in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                       ("logged_models", "artifact_location"), ("tags", "value")):
+        con.execute(f"UPDATE {table} SET {col} = replace({col}, ?, ?)", (str(src), str(dst)))
+    con.commit()
+    con.close()
+    return dst

@@ -9,30 +9,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import clone_home, run_cli
 from ech0.mlflow_model import Ech0Generator
 
 pytestmark = pytest.mark.slow
 
 FAKE_AWS = "AKIA" + "Z7RQ4MLT2XWB9KDH"  # assembled at runtime; the repo holds no key-shaped literal
 LEAK_PROMPT_PREFIX = "Echo this: "  # the leaky model leaks on exactly one prompt (see LeakyGenerator)
-
-
-def clone_home(src: Path, dst: Path) -> Path:
-    """Copy an ECH0_HOME (store + artifacts + run dirs) and point the SQLite store's paths at the copy."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints"))
-    con = sqlite3.connect(dst / "mlflow.db")
-    for table, col in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                       ("logged_models", "artifact_location"), ("tags", "value")):
-        con.execute(f"UPDATE {table} SET {col} = replace({col}, ?, ?)", (str(src), str(dst)))
-    con.commit()
-    con.close()
-    return dst
 
 
 @pytest.fixture(scope="module")
