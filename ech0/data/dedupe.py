@@ -4,7 +4,7 @@
     mh = MinHasher()                              # 128 permutations over 5-word shingles
     sigs = mh.signatures([normalize(p, c) for p, c in rows])   # (n, 128) uint32, one numpy pass
 
-Defaults (docs/data.md): 5-word shingles of the normalised text, 128 permutations, Jaccard 0.8,
+Defaults (README.md, "Data hygiene"): 5-word shingles of the normalised text, 128 permutations, Jaccard 0.8,
 LSH with 32 bands x 4 rows (candidate probability 0.9999 at J=0.8, 0.87 at J=0.5), every candidate
 pair verified on its signatures (estimated Jaccard >= threshold). Normalisation: NFKC, casefold,
 zero-width/format characters removed, whitespace collapsed; so ``"Hello\u200bworld"`` and

@@ -4,7 +4,7 @@
     spans = find_pii("mail bob@example.com")   # [(5, 20, "EMAIL")]
 
 Replaced by ``<EMAIL>``, ``<PHONE>``, ``<CARD>``, ``<IP>``, ``<IBAN>``, ``<SSN>``, ``<NATIONAL_ID>``.
-Not detected (documented in docs/data.md): personal names, postal addresses, dates of birth,
+Not detected (documented in README.md, "Data hygiene"): personal names, postal addresses, dates of birth,
 passport/driving-licence numbers, national ids other than US SSN and UK NINO, phone numbers
 written without any separator or ``+`` prefix (a bare 10-digit number is far more often not a
 phone), and IPv6 addresses in rare abbreviated forms.

@@ -27,7 +27,7 @@ KEYS = ("prompt", "completion", "tags", "quality_score", "metadata")
 MAX_DEPTH = 32  # nesting allowed inside metadata (and anywhere in a row)
 MAX_TAGS = 256
 
-# reason code -> what it means (docs/data.md renders this table)
+# reason code -> what it means (README.md, "Data hygiene" renders this table)
 REASONS = {
     "invalid_utf8": "the line is not valid UTF-8 (line and byte offset reported)",
     "invalid_json": "the line is not valid JSON",

@@ -12,7 +12,7 @@ typed placeholders such as ``<SECRET:aws_access_key>`` (see ``ech0.data.redact``
 ``high_entropy`` rule (ideas from detect-secrets' Base64HighEntropyString) only fires on long
 base64-alphabet tokens mixing character classes whose Shannon entropy is near that of random data;
 hex strings (checksums, commit ids, UUIDs) are never flagged by it. Measured recall and false
-positives: ``python -m benchmarks.data_hygiene`` (figures in docs/data.md).
+positives: ``python -m benchmarks.data_hygiene`` (figures in README.md, "Data hygiene").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     ech0 eval --model-dir models:/ech0@production
 
 From Python (the pipeline): ``from ech0.eval.runner import evaluate``. The baseline format, the exit
-codes and the measured margins are in docs/eval.md.
+codes and the measured margins are in README.md, "Evaluation gate".
 """
 
 from pathlib import Path

@@ -461,7 +461,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="ech0 eval", description="Run regression cases against a model; the gate decides. "
         "Exit 0: gate passed, 1: gate failed (reasons printed), 2: usage or input error.",
         epilog="Trailing KEY=VALUE arguments override conf/eval.yaml, e.g. gate.min_pass_rate=0.9 "
-               "tracking.enabled=false safety.blocklist='[forbidden phrase]'. See docs/eval.md.")
+               "tracking.enabled=false safety.blocklist='[forbidden phrase]'. See the README's 'Evaluation gate' section.")
     p.add_argument("--model-dir", "--model", dest="model_dir",
                    help="run dir (models/<run_id>), HF model dir, runs:/<id>/model or models:/ech0@production")
     p.add_argument("--baseline", help="JSONL cases (default: ech0/eval/baselines/regression.jsonl)")
