@@ -37,7 +37,7 @@ def test_pipeline_promotes_a_passing_model_and_smoke_checks_it(trained_run, home
     assert r.gate_passed and r.promoted and r.smoke_passed, r
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     mv = client.get_model_version_by_alias("ech0", "production")
-    assert mv.version == r.version and mv.run_id == trained_run.run_id
+    assert str(mv.version) == r.version and mv.run_id == trained_run.run_id
     parent = client.get_run(r.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["ech0.gate"] == "passed"
     assert parent.data.tags["ech0.registered_version"] == r.version and parent.data.tags["ech0.smoke"] == "passed"
