@@ -56,17 +56,29 @@ def loss_sum(model, batch: dict, device: str, amp_dtype):
     return total, int((shift_labels != -100).sum())
 
 
-def completion_loss(model, examples, pad_id: int, device: str, amp_dtype=None, batch_size: int = 32) -> float:
-    """Mean teacher-forced loss over the completion tokens of ``examples``."""
+def completion_loss(model, examples, pad_id: int, device: str, amp_dtype=None, batch_size: int = 32,
+                    max_batch_tokens: int = 16384) -> float:
+    """Mean teacher-forced loss over the completion tokens of ``examples``.
+
+    Batches are length-sorted and capped at ``max_batch_tokens`` padded tokens, so long rows do not
+    materialise huge padded attention matrices (32 rows of 1,024 tokens would need ~1 GB per layer).
+    """
     import torch
 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) >= batch_size or (len(current) + 1) * len(examples[i]) > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    batches += [current] if current else []
     with torch.no_grad():
-        for s in range(0, len(order), batch_size):
-            t, n = loss_sum(model, collate([examples[i] for i in order[s:s + batch_size]], pad_id), device, amp_dtype)
+        for idx in batches:
+            t, n = loss_sum(model, collate([examples[i] for i in idx], pad_id), device, amp_dtype)
             total, count = total + float(t), count + n
     model.train(was_training)
     return total / max(count, 1)
