@@ -391,12 +391,7 @@ def run_import(input: str, name: str | None = None, tags: list[str] | None = Non
     man = mf.base(name, "raw", "import", {"input": str(input), "name": name, "tags": tag_list,
                                           "map": {k: "+".join(v) for k, v in mp.items()},
                                           "max_line_bytes": max_line_bytes})
-    man["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t0))
-    man["input"] = {"path": mf.rel(src), "sha256": in_sha, "bytes": src.stat().st_size, "format": fmt.mode,
-                    "rows": read}
-    man["output"] = mf.file_entry(out_path, kept)
-    man["rejects"] = mf.file_entry(rej_path, rejected)
-    man["counts"] = {"read": read, "kept": kept, "rejected": rejected}
+    mf.record_io(man, t0, src, in_sha, fmt.mode, read, out_path, kept, rej_path, rejected)
     man["shapes"] = dict(sorted(shapes.items()))
     man["reject_reasons"] = dict(sorted(reasons.items()))
     man["redactions"] = {}

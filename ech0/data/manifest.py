@@ -219,3 +219,16 @@ def base(name: str, stage: str, command: str, options: dict) -> dict:
         "options": options,
         "started_at": now(),
     }
+
+
+def record_io(man: dict, t0: float, src: Path, in_sha: str, fmt_mode: str, read: int, out_path: Path,
+              kept: int, rej_path: Path, rejected: int) -> dict:
+    """The input/output/rejects/counts part every stage's manifest shares."""
+    import time
+
+    man["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t0))
+    man["input"] = {"path": rel(src), "sha256": in_sha, "bytes": src.stat().st_size, "format": fmt_mode, "rows": read}
+    man["output"] = file_entry(out_path, kept)
+    man["rejects"] = file_entry(rej_path, rejected)
+    man["counts"] = {"read": read, "kept": kept, "rejected": rejected}
+    return man

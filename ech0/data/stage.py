@@ -514,12 +514,7 @@ def run_validate(opts: ValidateOptions) -> dict:
             pass
 
     man = mf.base(name, opts.stage, "validate", _options(opts, tok_name, workers))
-    man["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t0))
-    man["input"] = {"path": mf.rel(src), "sha256": in_sha, "bytes": src.stat().st_size, "format": fmt.mode,
-                    "rows": n_read}
-    man["output"] = mf.file_entry(out_path, kept)
-    man["rejects"] = mf.file_entry(rej_path, rejected)
-    man["counts"] = {"read": n_read, "kept": kept, "rejected": rejected}
+    mf.record_io(man, t0, src, in_sha, fmt.mode, n_read, out_path, kept, rej_path, rejected)
     man["reject_reasons"] = dict(sorted(reasons.items()))
     man["redactions"] = dict(sorted(redactions.items()))
     man["rows_with_secrets"] = len(secret_rows)
