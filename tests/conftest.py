@@ -40,6 +40,12 @@ def ech0_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture
+def home(ech0_home) -> Path:
+    """Short name for the test's ECH0_HOME (modules that need a different home override it)."""
+    return ech0_home
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
     """Run ``python -m <args>`` in a subprocess with the test's environment."""
     import subprocess

@@ -12,14 +12,6 @@ import pytest
 from data_fixtures.helpers import accounted, read_jsonl, row, run_main, write_jsonl
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("ECH0_HOME", str(h))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return h
-
-
 def validate(capsys, path, *extra, name="d"):
     return run_main(capsys, "validate", "--input", str(path), "--name", name, "--no-progress", *extra)
 

@@ -8,18 +8,9 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 from data_fixtures.helpers import accounted, read_jsonl, row, run_main, write_jsonl
 
 from ech0.data.dedupe import MinHasher, estimate_jaccard, exact_jaccard, normalize, to_bbit
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("ECH0_HOME", str(h))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return h
 
 
 def text(rng, n=120):

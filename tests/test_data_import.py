@@ -8,16 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 from data_fixtures.helpers import accounted, read_jsonl, run_cli, run_main, write_jsonl
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("ECH0_HOME", str(h))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return h
 
 
 SHAPES = [

@@ -13,14 +13,6 @@ from data_fixtures.helpers import REPO, accounted, build_tokenizer, manifest, ro
 SEED = REPO.parent / "shared" / "data" / "seed_tasks.jsonl"
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("ECH0_HOME", str(h))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return h
-
-
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     return build_tokenizer(tmp_path_factory.mktemp("tok"))

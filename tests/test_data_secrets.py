@@ -16,14 +16,6 @@ from ech0.data.redact import Redactor
 from ech0.data.secrets import RULE_NAMES, find_secrets
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("ECH0_HOME", str(h))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return h
-
-
 def _secret_value(text: str) -> str:
     """The longest whitespace-free run in a planted sample (what must never be echoed)."""
     return max(text.replace('"', " ").replace("'", " ").replace("=", " ").split(), key=len)
