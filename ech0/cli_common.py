@@ -10,6 +10,9 @@ import sys
 
 from ech0.errors import UserError
 
+MULTIRUN_FLAGS = {"-m", "--multirun"}
+PLUGINS = {"hydra/launcher/submitit": "slurm", "hydra/sweeper/optuna": "sweep"}  # config group -> extra
+MAX_SWEEP_CHECKS = 16  # compositions a sweep's validation may spend (about 0.1 s each)
 HYDRA_FLAGS = {"-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c",
                "--resolve", "--package", "-p", "--shell-completion", "-sc", "--config-path", "-cp",
                "--config-name", "-cn", "--config-dir", "-cd", "--version"}
@@ -18,11 +21,14 @@ HYDRA_FLAGS = {"-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "-i
 def explain(exc: BaseException) -> str:
     """One line from a Hydra/OmegaConf composition error."""
     text = str(exc)
-    m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    m = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if m:
         group, name = m.groups()
         options = re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1], flags=re.M)
         hint = f"; available: {', '.join(options)}" if options else ""
+        plugin = next((extra for prefix, extra in PLUGINS.items() if f"{group}/{name}".startswith(prefix)), None)
+        if plugin:
+            hint += f" (install the plugin: pip install 'ech0[{plugin}]')"
         return f"unknown {group} {name!r}{hint}"
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     cause = exc.__cause__ or exc.__context__
@@ -55,12 +61,50 @@ def compose(config_name: str, overrides: list[str], with_hydra: bool = False):
     return cfg
 
 
-def compose_or_exit(config_name: str, argv: list[str]):
-    """Validate ``argv``'s overrides against ``config_name``; a bad one prints one line and exits 2."""
-    if any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
-        return None  # multirun, --help, --cfg ...: Hydra handles (and validates) these itself
+def sweep_jobs(overrides: list[str], limit: int = MAX_SWEEP_CHECKS) -> list[list[str]]:
+    """Override lists that together try every value of a ``-m`` sweep once: the first job, then each
+    further value of each swept key with the other keys at their first value. Range sweeps
+    (``interval(...)``, which a sweeper samples) are left out; a malformed override raises UserError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     try:
-        return compose(config_name, [a for a in argv if not a.startswith("hydra")])
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # OverrideParseException: a typo in the sweep syntax
+        raise UserError(explain(e)) from None
+    choices: list[list[str]] = []
+    for o in parsed:
+        if not o.is_sweep_override():
+            choices.append([o.input_line])
+        elif o.is_discrete_sweep():
+            try:
+                values = [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+            except Exception:  # glob(...) needs Hydra's config loader: Hydra checks it itself
+                continue
+            if values:
+                choices.append(values)
+    first = [values[0] for values in choices]
+    jobs = [first]
+    for i, values in enumerate(choices):
+        for v in values[1:]:
+            jobs.append([*first[:i], v, *first[i + 1:]])
+    return jobs[:limit]
+
+
+def compose_or_exit(config_name: str, argv: list[str]):
+    """Validate ``argv``'s overrides against ``config_name``; a bad one prints one line and exits 2.
+
+    With ``-m`` every swept value is tried (up to :data:`MAX_SWEEP_CHECKS` compositions) and None is
+    returned: Hydra composes each job itself."""
+    flags = {a.split("=")[0] for a in argv if a.split("=")[0] in HYDRA_FLAGS}
+    if flags - MULTIRUN_FLAGS:
+        return None  # --help, --cfg ...: Hydra handles (and validates) these itself
+    overrides = [a for a in argv if a not in MULTIRUN_FLAGS and not a.startswith("hydra")]
+    try:
+        if flags:
+            for job in sweep_jobs(overrides):
+                compose(config_name, job)
+            return None
+        return compose(config_name, overrides)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -88,6 +132,8 @@ def quiet_libraries() -> None:
 
 
 def print_summary(result) -> None:
+    if result.rank:  # torchrun's other processes: rank 0 prints the one summary
+        return
     lines = [
         "",
         f"  run      {result.run_id}",

@@ -2,10 +2,11 @@
 
     make demo            # = .venv/bin/python -m ech0.demo [--force]
 
-Builds the tiny base model (once), fine-tunes it with the `lora` preset, runs the evaluation gate,
-registers the model, promotes it to `production` if the gate passed, and serves it with
-`mlflow models serve` to check the answers. A second run reuses the finished training run and the
-registered version (same config, data and base model); ``--force`` retrains.
+Builds the tiny base model (once), runs the data stage on the shipped raw sample (a messy legacy
+dump: import → clean → processed), fine-tunes on its output with the `lora` preset, runs the
+evaluation gate, registers the model, promotes it to `production` if the gate passed, and serves it
+with `mlflow models serve` to check the answers. A second run skips what is already done (same input
+bytes, config, data and base model); ``--force`` retrains.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ from ech0.errors import cli_errors
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from ech0 import paths, tracking
-    from ech0.cli_common import quiet_libraries
+    from ech0 import paths
     from ech0.models import ensure_base_model
-    from ech0.pipeline import print_result, run
+    from ech0.pipeline import main as pipeline
+    from ech0.sample_data import RAW_FILE
 
-    quiet_libraries()
     ensure_base_model()
-    result = run([], preset="lora", promote_on_pass=True, smoke=True, force_train="--force" in argv)
-    print_result(result, tracking.tracking_uri())
-    print(f"\n  Everything above lives under {paths.home()}: data/, models/<run_id>/ (model, status.json, "
-          "loss_curve.png, reports/), mlflow.db.")
-    print("  Load the production model:  mlflow.pyfunc.load_model('models:/ech0@production')")
-    return 0 if result.gate_passed and result.smoke_passed else 1
+    rc = pipeline(["--mode", "pipeline", "--promote-on-pass", "--input", str(RAW_FILE), "--name", "sample",
+                   *(["--force-train"] if "--force" in argv else [])])
+    if rc in (0, 1):
+        print(f"\n  Everything above lives under {paths.home()}: data/{{raw,clean,processed}}/ + metadata/ "
+              "(manifests), models/<run_id>/ (model, status.json, loss_curve.png, reports/), mlflow.db.")
+        print("  Load the production model:  mlflow.pyfunc.load_model('models:/ech0@production')")
+    return rc
 
 
 if __name__ == "__main__":

@@ -27,3 +27,13 @@ def cli_errors(fn):
             raise SystemExit(e.exit_code) from None
 
     return wrapper
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (a scheduler's kill, `kill PID`) raises KeyboardInterrupt like Ctrl-C: runs end KILLED."""
+    import signal
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)

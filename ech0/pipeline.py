@@ -1,14 +1,20 @@
-"""The hub: train → eval gate → register → promote (on pass) → serving smoke, under one parent MLflow run.
+"""The hub: data → train → eval gate → register → promote (on pass) → serving smoke, under one parent run.
 
     python -m ech0.pipeline --mode pipeline --promote-on-pass            # + Hydra overrides for training
+    python -m ech0.pipeline --mode pipeline --input legacy_dump.json --promote-on-pass
     python -m ech0.pipeline --mode pipeline --preset full trainer.max_steps=50
     python -m ech0.pipeline --mode train --preset lora
     python -m ech0.pipeline --mode eval --model-dir models/<run_id>
 
+With ``--input`` (a legacy dump or raw JSONL, or a file already in ``data/raw`` or ``data/clean``) the
+data stage runs first (import → clean → processed with dedupe) and training uses its output.
 Each stage's MLflow run nests under the parent pipeline run (the eval verdict goes into the training
-run); the parent carries the verdict, the registered version and the smoke result. A training job whose
-fingerprint (config, data bytes, base weights) matches a finished run is skipped, not redone. A failed
-stage is named with its run, the pipeline exits non-zero, and nothing is promoted.
+run); the parent carries the verdict, the registered version and the smoke result. Work already done
+for the same inputs is skipped, not redone: the data stage when its manifests record the same input
+bytes and options, training when a finished run has the same fingerprint (config, data bytes, base
+weights), registration when that run already has a version. A failed stage is named with its run, the
+pipeline exits non-zero, and nothing is promoted. Ctrl-C or SIGTERM ends the open runs KILLED and the
+training status ``interrupted``; re-running the same command picks up from the last finished stage.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ech0.errors import UserError, cli_errors
+from ech0.errors import UserError, cli_errors, sigterm_as_interrupt
 
 
 @dataclass
@@ -31,6 +37,11 @@ class PipelineResult:
     version: str | None = None
     promoted: bool = False
     smoke_passed: bool | None = None
+    dataset: str | None = None  # the processed dataset trained on, when the data stage ran
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a stage (the message names it)."""
 
 
 def _stage(name: str, fn, *args, **kwargs):
@@ -40,6 +51,74 @@ def _stage(name: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except UserError as e:
         raise UserError(f"stage {name} failed: {e}") from None
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(f"stage {name}") from None
+
+
+def data_stage(input: str, name: str | None = None, dedupe: str = "near", uri: str | None = None,
+               experiment: str = "ech0") -> dict:
+    """raw dump (or a raw/clean stage file) → ``data/processed/NAME.jsonl``, logged as a nested MLflow run.
+
+    Skipped when the processed manifest chain verifies, starts from the same input bytes and used the
+    same dedupe option. Returns :func:`ech0.data.processed_dataset`'s record.
+    """
+    from pathlib import Path
+
+    from ech0 import paths, tracking
+    from ech0.data import manifest as mf, processed_dataset
+    from ech0.data.cli import print_summary
+    from ech0.data.importers import run_import
+    from ech0.data.stage import ValidateOptions, check_name, default_name, run_validate
+
+    src = Path(input).expanduser()
+    if not src.is_file():
+        raise UserError(f"--input {input}: not found; pass a legacy dump / JSONL file")
+    src = src.resolve()
+    name = check_name(name or default_name(src))
+    first = next((s for s in ("raw", "clean") if src.parent == paths.data_dir(s).resolve()), None)
+    in_sha = mf.sha256_file(src)
+    done = _processed_from(name, src, in_sha, dedupe)
+    if done is not None:
+        print(f"  skipped: {mf.rel(done['path'])} was already made from {src.name} (sha256 {in_sha[:12]}…) "
+              f"with dedupe={dedupe}", flush=True)
+        return done
+    with tracking.start(uri, experiment, f"data-{name}", tags={"ech0.kind": "data", "ech0.dataset": name}) as run:
+        run.log_params({"data.input": str(src), "data.input_sha256": in_sha, "data.name": name, "data.dedupe": dedupe,
+                        "data.first_stage": first or "import"})
+        manifests = []
+        if first is None:
+            manifests.append(run_import(str(src), name=name))
+        if first in (None, "raw"):
+            manifests.append(run_validate(ValidateOptions(input=name if first is None else str(src), stage="clean", name=name)))
+        manifests.append(run_validate(ValidateOptions(input=name if first != "clean" else str(src), stage="processed",
+                                                      name=name, dedupe=dedupe != "none", near_dedupe=dedupe == "near")))
+        for man in manifests:
+            print_summary(man)
+            stage = man["stage"]
+            run.log_metrics({f"{stage}/{k}": v for k, v in man["counts"].items()}, step=0)
+            run.log_metrics({f"{stage}/rejected.{k}": v for k, v in man.get("reject_reasons", {}).items()}, step=0)
+            run.log_artifact(mf.manifest_path(name, stage), "manifests")
+        record = processed_dataset(name)
+        run.set_tags({"ech0.data_digest": record["digest"], "ech0.data_path": str(record["path"])})
+    return record
+
+
+def _processed_from(name: str, src, in_sha: str, dedupe: str) -> dict | None:
+    """The processed dataset ``name`` if its verified chain starts from ``src``'s bytes with ``dedupe``."""
+    from ech0.data import manifest as mf, processed_dataset
+
+    try:
+        record = processed_dataset(name)  # verifies every file of the chain
+    except UserError:
+        return None
+    chain = [mf.load(m) for m in record["chain"]]
+    options = chain[0].get("options", {})
+    same_dedupe = (dedupe != "none") == bool(options.get("dedupe")) and \
+        (dedupe != "near" or bool(options.get("near_dedupe")))
+    starts_here = any(m["input"]["sha256"] == in_sha and mf.resolve(m["input"]["path"]).resolve() == src for m in chain)
+    return record if same_dedupe and starts_here else None
 
 
 def store_has(c, name: str) -> bool:
@@ -53,7 +132,8 @@ def store_has(c, name: str) -> bool:
 
 
 def run(overrides: list[str], *, preset: str = "lora", baseline: str | None = None, promote_on_pass: bool = False,
-        smoke: bool = True, force_train: bool = False) -> PipelineResult:
+        smoke: bool = True, force_train: bool = False, input: str | None = None, dataset_name: str | None = None,
+        dedupe: str = "near") -> PipelineResult:
     from ech0 import tracking
     from ech0.cli_common import compose
     from ech0.eval.runner import evaluate
@@ -64,6 +144,14 @@ def run(overrides: list[str], *, preset: str = "lora", baseline: str | None = No
     with tracking.start(cfg.tracking.uri, cfg.tracking.experiment, f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
                         tags={"ech0.kind": "pipeline", "ech0.preset": preset}) as parent:
         out = PipelineResult(parent.run_id)
+        if input:
+            record = _stage("data", data_stage, input, dataset_name, dedupe, cfg.tracking.uri,
+                            cfg.tracking.experiment)
+            out.dataset = str(record["path"])
+            parent.set_tags({"ech0.dataset": record["name"], "ech0.data_digest": record["digest"]})
+            # the processed file replaces the training data; the eval file stays as configured
+            cfg = compose("train", [f"+preset={preset}", f"data.train_file={record['path']}",
+                                    f"data.name={record['name']}", *overrides])
         trained = None if force_train else find_finished(cfg)
         if trained is not None:
             print(f"\n== train == skipped: run {trained.run_id} already trained this config, data and base model")
@@ -105,6 +193,8 @@ def run(overrides: list[str], *, preset: str = "lora", baseline: str | None = No
 def print_result(r: PipelineResult, tracking_uri: str) -> None:
     print("\n== summary ==")
     print(f"  pipeline run   {r.run_id}   (training run {r.train_run_id})")
+    if r.dataset:
+        print(f"  trained on     {r.dataset}")
     print(f"  gate           {'PASSED' if r.gate_passed else 'FAILED'}" + ("" if r.gate_passed else f": {'; '.join(r.reasons)}"))
     print(f"  report         {r.report}")
     print(f"  registered     version {r.version}" + ("  -> alias production" if r.promoted else "  (not promoted)"))
@@ -124,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--promote-on-pass", action="store_true", help="move alias production to the new version if the gate passes")
     ap.add_argument("--no-smoke", action="store_true", help="skip the `mlflow models serve` smoke check")
     ap.add_argument("--force-train", action="store_true", help="train even when an identical run already finished")
+    ap.add_argument("--input", help="run the data stage first on this legacy dump / raw or clean JSONL file")
+    ap.add_argument("--name", dest="dataset_name", help="dataset name for --input (default: the file's stem)")
+    ap.add_argument("--dedupe", choices=("near", "exact", "none"), default="near",
+                    help="duplicate removal in the data stage's processed step (default: near = exact + MinHash)")
     from ech0.train import expand_overrides
 
     args, overrides = ap.parse_known_args(expand_overrides(list(sys.argv[1:] if argv is None else argv)))
@@ -142,8 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         from ech0.train import main as train_main
 
         return train_main([f"+preset={args.preset}", *overrides])
-    result = run(overrides, preset=args.preset, baseline=args.baseline, promote_on_pass=args.promote_on_pass,
-                 smoke=not args.no_smoke, force_train=args.force_train)
+    sigterm_as_interrupt()
+    try:
+        result = run(overrides, preset=args.preset, baseline=args.baseline, promote_on_pass=args.promote_on_pass,
+                     smoke=not args.no_smoke, force_train=args.force_train, input=args.input,
+                     dataset_name=args.dataset_name, dedupe=args.dedupe)
+    except KeyboardInterrupt as e:
+        where = f" during {e}" if isinstance(e, Interrupted) else ""
+        print(f"\ninterrupted{where}: its runs are marked KILLED and nothing was promoted; "
+              "re-run the same command to continue (finished stages are skipped)", file=sys.stderr)
+        return 130
     print_result(result, tracking.tracking_uri())
     return 0 if result.gate_passed and result.smoke_passed is not False else 1
 

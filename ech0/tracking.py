@@ -154,9 +154,15 @@ def start(uri: str | None, experiment: str, run_name: str | None = None, tags: d
     active = mlflow.active_run()  # inside a pipeline's parent run: this one nests under it
     if active is not None and parent_run_id is None:
         parent_run_id = active.info.run_id
-    run = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else experiment_id,
-                           run_name=None if resume_run_id else run_name, tags=tags, nested=active is not None,
-                           parent_run_id=parent_run_id, log_system_metrics=log_system_metrics)
+    # `mlflow run` creates the run itself and hands its id down in MLFLOW_RUN_ID: the outermost run adopts it.
+    adopted = os.environ.pop("MLFLOW_RUN_ID", None) if active is None and not resume_run_id else None
+    if adopted:
+        run = mlflow.start_run(run_id=adopted, log_system_metrics=log_system_metrics)
+        mlflow.set_tags({**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
+    else:
+        run = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else experiment_id,
+                               run_name=None if resume_run_id else run_name, tags=tags, nested=active is not None,
+                               parent_run_id=parent_run_id, log_system_metrics=log_system_metrics)
     tracker = Tracker(run)
     status = "FAILED"
     try:
@@ -221,3 +227,43 @@ def attach(run_id: str, uri: str | None = None) -> RunLogger:
 
     mlflow.set_tracking_uri(tracking_uri(uri))  # datasets/artifact repos resolve through the global URI
     return RunLogger(run_id, uri)
+
+
+def open_parent(uri: str | None, experiment: str, run_name: str, tags: dict[str, Any] | None = None,
+                parent_run_id: str | None = None) -> str:
+    """Create a RUNNING run that other runs nest under (a sweep's parent); return its id.
+
+    Made through the client, not ``mlflow.start_run``: the process's active-run stack stays empty, so
+    jobs that run in this same process (Hydra's basic launcher) open their own runs beside it.
+    """
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = setup(uri, experiment)
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = MlflowClient(tracking_uri(uri)).create_run(experiment_id, run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+def child_runs(parent_run_id: str, uri: str | None = None) -> list:
+    """The runs whose ``mlflow.parentRunId`` is ``parent_run_id``, oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                              max_results=10000, order_by=["attributes.start_time ASC"])
+
+
+def close_parent(run_id: str, status: str, uri: str | None = None, tags: dict[str, Any] | None = None,
+                 metrics: dict[str, float] | None = None) -> None:
+    """Record ``tags``/``metrics`` on a run made by :func:`open_parent` and end it with ``status``
+    (FINISHED, FAILED or KILLED). Ending a run that already ended changes nothing but the tags."""
+    logger = RunLogger(run_id, uri)
+    if tags:
+        logger.set_tags(tags)
+    if metrics:
+        logger.log_metrics(metrics)
+    if logger.client.get_run(run_id).info.status == "RUNNING":
+        logger.client.set_terminated(run_id, status=status)

@@ -102,3 +102,14 @@ def test_fail_on_secrets_cli(home, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "<EMAIL>" in (home / "data/processed/ok.jsonl").read_text()
     assert str(REPO)  # the CLI ran from the repo root
+
+
+def test_redaction_is_idempotent():
+    """The processed stage re-scans clean rows: its own placeholders must not read as new secrets."""
+    from ech0.data.redact import Redactor
+
+    r = Redactor()
+    once = r("my deploy key AKIAZ7QK4N3XVB2LM5TD, mail bob@example.com, password=hunter2hunter")
+    assert once == "my deploy key <SECRET:aws_access_key>, mail <EMAIL>, password=<SECRET:password_assignment>"
+    counts = dict(r.counts)
+    assert r(once) == once and r.counts == counts

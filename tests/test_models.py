@@ -31,9 +31,10 @@ def test_build_is_cached(tiny_model_dir):
 
 
 def test_shipped_sample_data_is_what_the_script_generates(tmp_path):
-    train, held = sample_data.write(tmp_path / "t.jsonl", tmp_path / "e.jsonl")
+    train, held, raw = sample_data.write(tmp_path / "t.jsonl", tmp_path / "e.jsonl", tmp_path / "r.jsonl")
     assert train.read_bytes() == sample_data.TRAIN_FILE.read_bytes()
     assert held.read_bytes() == sample_data.EVAL_FILE.read_bytes()
+    assert raw.read_bytes() == sample_data.RAW_FILE.read_bytes()
     rows = [json.loads(line) for line in sample_data.TRAIN_FILE.read_text().splitlines()]
     assert all(set(r) == {"prompt", "completion", "tags", "quality_score", "metadata"} for r in rows)
     eval_prompts = {json.loads(line)["prompt"] for line in sample_data.EVAL_FILE.read_text().splitlines()}

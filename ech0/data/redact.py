@@ -8,8 +8,21 @@
 
 from __future__ import annotations
 
+import re
+
 from ech0.data.pii import find_pii
 from ech0.data.secrets import find_secrets
+
+_OURS = re.compile(r"<SECRET:\w+>|<[A-Z][A-Z_]*>")  # placeholders this module writes
+
+
+def _outside_placeholders(text: str, spans):
+    """Drop spans that touch a placeholder already in ``text``: redacting twice changes nothing
+    (``<SECRET:aws_access_key>`` must not read as ``secret: aws_access_key``)."""
+    if "<" not in text or not spans:
+        return spans
+    taken = [m.span() for m in _OURS.finditer(text)]
+    return [sp for sp in spans if not any(sp[0] < e and s < sp[1] for s, e in taken)]
 
 
 def _apply(text: str, spans, fmt) -> str:
@@ -45,7 +58,7 @@ class Redactor:
         if len(text) < 6:
             return text
         if self.secrets:
-            spans = find_secrets(text)
+            spans = _outside_placeholders(text, find_secrets(text))
             if spans:
                 c = self.counts
                 for *_, name in spans:
@@ -54,7 +67,7 @@ class Redactor:
                     self.row_secrets.append(name)
                 text = _apply(text, spans, _secret_ph)
         if self.pii:
-            spans = find_pii(text)
+            spans = _outside_placeholders(text, find_pii(text))
             if spans:
                 c = self.counts
                 for *_, name in spans:

@@ -1,6 +1,6 @@
 """The shipped sample data and the text the tiny base model is pretrained on, from one vocabulary.
 
-    python scripts/make_sample_data.py        # regenerates ech0/sample_data/sample_{train,eval}.jsonl
+    python scripts/make_sample_data.py        # regenerates ech0/sample_data/sample_{train,eval,raw}.jsonl
 
 Both generators are deterministic functions of a seed. The base model reads the facts below as plain
 narrative during pretraining; the sample dataset teaches an instruction format over the same facts
@@ -17,6 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TRAIN_FILE = HERE / "sample_train.jsonl"
 EVAL_FILE = HERE / "sample_eval.jsonl"
+RAW_FILE = HERE / "sample_raw.jsonl"  # the training rows as a messy legacy dump: the demo's data-stage input
 
 COLORS = {
     "the sky": "blue", "grass": "green", "snow": "white", "coal": "black", "a banana": "yellow",
@@ -98,10 +99,38 @@ def sample_rows(seed: int = 1234) -> tuple[list[dict], list[dict]]:
     return train, held
 
 
-def write(train_path: Path = TRAIN_FILE, eval_path: Path = EVAL_FILE) -> tuple[Path, Path]:
+def raw_lines(train: list[dict]) -> list[str]:
+    """The training rows as a legacy dump: four shapes, plus what real dumps hold (duplicates, a leaked
+    key, an e-mail address, an empty answer, a truncated line) for the data stage to account for."""
+    lines = []
+    for i, r in enumerate(train):
+        p, c, task = r["prompt"], r["completion"], r["metadata"]["task"]
+        if task == "color":
+            obj = {"id": f"color-{i}", "question": p, "answer": c}
+        elif task == "opposite":
+            obj = {"id": f"opp-{i}", "instruction": p, "input": "", "output": c}
+        elif task == "count":
+            obj = {"id": f"count-{i}", "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]}
+        else:
+            obj = {"id": f"echo-{i}", "prompt": p, "completion": c, "quality_score": r["quality_score"]}
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    lines.insert(40, lines[3])  # exact duplicates, as re-exports leave them
+    lines.insert(90, lines[10])
+    lines.insert(150, lines[20])
+    lines.append(json.dumps({"id": "leak-1", "prompt": "Echo this: my deploy key",
+                             "completion": "ECHO: my deploy key AKIAZ7QK4N3XVB2LM5TD"}))  # redacted in clean
+    lines.append(json.dumps({"id": "pii-1", "question": "Who wrote the garden song?",
+                             "answer": "Mail jane.doe@example.com and ask her."}))  # redacted in clean
+    lines.append(json.dumps({"id": "empty-1", "question": "What color is the moon?", "answer": ""}))  # rejected
+    lines.append('{"id": "cut-1", "question": "What color is a ')  # a truncated export: rejected, not lost
+    return lines
+
+
+def write(train_path: Path = TRAIN_FILE, eval_path: Path = EVAL_FILE, raw_path: Path = RAW_FILE) -> tuple[Path, ...]:
     from ech0.io import atomic_write_text
 
     train, held = sample_rows()
     for path, rows in ((train_path, train), (eval_path, held)):
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return train_path, eval_path
+    atomic_write_text(raw_path, "".join(line + "\n" for line in raw_lines(train)))
+    return train_path, eval_path, raw_path

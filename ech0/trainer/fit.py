@@ -1,6 +1,7 @@
 """One training job: load → adapt → tokenize → loop → save → log, inside one MLflow run.
 
-Called by ``python -m ech0.train`` (see ech0/train.py) with the composed config.
+Called by ``python -m ech0.train`` (see ech0/train.py) with the composed config. Under torchrun every
+process runs it; rank 0 alone logs and writes (see ech0/trainer/distributed.py).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ class FitResult:
     loss_after: float
     steps: int
     wall_seconds: float
-    train_seconds: float = 0.0  # inside the step loop only (no loading, evaluation or logging of the model)
+    train_seconds: float = 0.0  # wall time of the step loop incl. its logging (no loading, final evaluation, model save)
     train_tokens: int = 0  # real (non-padding) tokens the step loop processed
     model: object = field(default=None, repr=False)  # the in-process fine-tuned model (tests, pipeline)
     tokenizer: object = field(default=None, repr=False)
+    rank: int = 0  # process rank under torchrun: only rank 0 logged, saved and prints the summary
 
 
 def _device(name: str) -> str:
@@ -155,7 +157,7 @@ def fit(cfg: DictConfig) -> FitResult:
 
     from ech0.models import load_model, load_tokenizer, resolve
     from ech0.status import StatusWriter
-    from ech0.trainer import checkpoint
+    from ech0.trainer import checkpoint, distributed
     from ech0.trainer.data import read_rows, tokenize_rows
     from ech0.trainer.loop import Loop, completion_loss, make_scheduler
     from ech0.trainer.precision import choose
@@ -164,17 +166,19 @@ def fit(cfg: DictConfig) -> FitResult:
     os.environ["ECH0_HOME"] = str(Path(cfg.paths.home).expanduser().resolve())  # paths.* follow the config
     signal.signal(signal.SIGTERM, _raise_interrupt)
     tc = cfg.trainer
-    device = _device(tc.device)
+    dist = distributed.init(_device(tc.device))  # one process unless started by torchrun / accelerate launch
+    device = dist.device
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    resume_id = _find_resume(cfg.resume)
-    amp_dtype, precision_why = choose(tc.precision, device)
+    resume_id = dist.broadcast(_find_resume(cfg.resume) if dist.is_main else None)
+    amp_dtype, precision_why = dist.broadcast(choose(tc.precision, device))  # a measured choice: rank 0's
 
     # Data first: a bad file fails before any model is built or run is opened.
     train_rows = read_rows(cfg.data.train_file)
     eval_rows = read_rows(cfg.data.eval_file) if cfg.data.eval_file else []
     lineage = {"training": _lineage(cfg.data.train_file), "eval": _lineage(cfg.data.eval_file) if eval_rows else None}
-    base_path = resolve(cfg.model.name_or_path, OmegaConf.to_container(cfg.model.recipe))
+    with dist.main_first():  # the tiny local base model is built once, by rank 0
+        base_path = resolve(cfg.model.name_or_path, OmegaConf.to_container(cfg.model.recipe))
     tok = load_tokenizer(base_path, revision=cfg.model.revision)
     train, train_stats = tokenize_rows(train_rows, tok, cfg.data.prompt_template, tc.max_length, tc.truncation)
     evals, _ = tokenize_rows(eval_rows, tok, cfg.data.prompt_template, tc.max_length, tc.truncation)
@@ -192,29 +196,40 @@ def fit(cfg: DictConfig) -> FitResult:
         enable(model)
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # fused: one kernel over all parameters (measured 4.4x faster than the per-tensor loop on 20M params here)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,
-                                  weight_decay=tc.weight_decay)
+                                  weight_decay=tc.weight_decay, fused=device.startswith(("cpu", "cuda")))
     scheduler = make_scheduler(optimizer, tc.lr_scheduler, tc.warmup_steps, tc.max_steps)
 
     run_name = cfg.tracking.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    base_hash = _base_hash(cfg, base_path)
-    tags = {"ech0.fingerprint": fingerprint(cfg, base_hash), "ech0.kind": "train", "ech0.preset": cfg.preset, "ech0.base_model": cfg.model.name_or_path,
-            "ech0.base_model_path": base_path, "ech0.base_model_hash": base_hash, **tracking.git_tags()}
-    with tracking.start(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags=None if resume_id else tags,
+    tags = None
+    if dist.is_main and not resume_id:  # a new run's tags (a resumed run keeps its own; other ranks open none)
+        base_hash = _base_hash(cfg, base_path)
+        tags = {"ech0.fingerprint": fingerprint(cfg, base_hash), "ech0.kind": "train", "ech0.preset": cfg.preset, "ech0.base_model": cfg.model.name_or_path,
+                "ech0.base_model_path": base_path, "ech0.base_model_hash": base_hash, **tracking.git_tags()}
+    with tracking.start(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags=tags,
                         resume_run_id=resume_id, parent_run_id=cfg.tracking.parent_run_id,
                         log_system_metrics=cfg.tracking.log_system_metrics,
-                        enabled=cfg.tracking.enabled) as tracker:
-        run_dir = paths.run_dir(tracker.run_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
+                        enabled=cfg.tracking.enabled and dist.is_main) as tracker:
+        run_id = dist.broadcast(tracker.run_id)
+        run_dir = paths.run_dir(run_id)
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
         status = StatusWriter(run_dir / "status.json", every_seconds=tc.status_every_seconds,
-                              run_id=tracker.run_id, mlflow_run_id=tracker.run_id if cfg.tracking.enabled else None,
-                              max_steps=tc.max_steps)
+                              run_id=run_id, mlflow_run_id=run_id if cfg.tracking.enabled else None,
+                              max_steps=tc.max_steps) if dist.is_main else distributed.Null()
         history: dict[str, list] = {"train": [], "eval": []}
         try:
+            # Every process loads rank 0's checkpoint (multi-node: models/ on storage all nodes share).
             state = checkpoint.load_latest(run_dir / "checkpoints", model, optimizer, scheduler) if resume_id else None
+            start = state["step"] if state else 0
+            if dist.broadcast(start) != start:  # a rank that cannot read the checkpoint would start over
+                raise UserError(f"rank {dist.rank}: no checkpoint of run {run_id} under {run_dir}; "
+                                "every node must see rank 0's models/ folder (shared storage) to resume")
             if state is None:
                 resolved = OmegaConf.to_yaml(cfg, resolve=True)
-                (run_dir / "config.yaml").write_text(resolved)
+                if dist.is_main:
+                    (run_dir / "config.yaml").write_text(resolved)
                 tracker.set_tags({"ech0.run_dir": run_dir})
                 tracker.log_text(resolved, "config/resolved.yaml")
                 tracker.log_params({**tracking.flatten(OmegaConf.to_container(cfg, resolve=True)),
@@ -239,8 +254,8 @@ def fit(cfg: DictConfig) -> FitResult:
                 history = state["history"]
 
             bar = tqdm(total=tc.max_steps, initial=state["step"] if state else 0, unit="step", dynamic_ncols=True,
-                       disable=not tc.progress, desc=run_name, mininterval=0.5)
-            speed = {"tokens": 0, "seconds": 0.0}
+                       disable=not (tc.progress and dist.is_main), desc=run_name, mininterval=0.5)
+            speed = {"tokens": 0, "seconds": 0.0, "wall": 0.0}
 
             def on_step(step: int, out: dict) -> None:
                 speed["tokens"] += out["tokens"]
@@ -264,28 +279,32 @@ def fit(cfg: DictConfig) -> FitResult:
                     tracker.log_metrics({"eval/loss": loss}, step=step)
 
             def on_checkpoint(step: int) -> None:
-                checkpoint.save(run_dir / "checkpoints", step, model, optimizer, scheduler,
-                                {"loss_before": loss_before, "history": history, "mlflow_run_id": tracker.run_id},
-                                keep=tc.keep_checkpoints)
+                if dist.is_main:  # optimizer states are identical on every process
+                    checkpoint.save(run_dir / "checkpoints", step, model, optimizer, scheduler,
+                                    {"loss_before": loss_before, "history": history, "mlflow_run_id": run_id},
+                                    keep=tc.keep_checkpoints)
 
-            loop = Loop(model, optimizer, scheduler, train, tok.pad_token_id, tc, cfg.seed, device, amp_dtype,
-                        on_step, on_eval, on_checkpoint)
+            loop = Loop(dist.wrap(model), optimizer, scheduler, train, tok.pad_token_id, tc, cfg.seed, device,
+                        amp_dtype, on_step, on_eval, on_checkpoint, dist)
             loop.step = state["step"] if state else 0
             status.update(state="running", step=loop.step, force=True)
+            t_loop = time.perf_counter()
             loop.run()
+            speed["wall"] = time.perf_counter() - t_loop
             bar.close()
 
             loss_after = completion_loss(model, measure, tok.pad_token_id, device, amp_dtype)
             history["eval"].append((tc.max_steps, loss_after))
             tracker.log_metrics({"eval/loss" if evals else "train/loss_measured": loss_after}, step=tc.max_steps)
-            _save_model(model, tok, run_dir / "model", cfg, base_path, tracker.run_id)
-            from ech0.plots import loss_curve
+            if dist.is_main:
+                _save_model(model, tok, run_dir / "model", cfg, base_path, run_id)
+                from ech0.plots import loss_curve
 
-            curve = loss_curve(history, run_dir / "loss_curve.png", title=run_name)
-            tracker.log_artifact(curve, "plots")
-            tracker.log_artifact(run_dir / "config.yaml", "config")
-            if cfg.tracking.log_model:
-                _log_model(tracker, run_dir / "model", base_path)
+                curve = loss_curve(history, run_dir / "loss_curve.png", title=run_name)
+                tracker.log_artifact(curve, "plots")
+                tracker.log_artifact(run_dir / "config.yaml", "config")
+                if cfg.tracking.log_model:
+                    _log_model(tracker, run_dir / "model", base_path)
             tracker.set_tags({"ech0.loss_before": f"{loss_before:.4f}", "ech0.loss_after": f"{loss_after:.4f}"})
             status.update(state="succeeded", step=tc.max_steps, eta_seconds=0, force=True)
         except KeyboardInterrupt:
@@ -294,9 +313,9 @@ def fit(cfg: DictConfig) -> FitResult:
         except BaseException as e:
             status.update(state="failed", error=f"{type(e).__name__}: {e}"[:2000], force=True)
             raise
-    return FitResult(tracker.run_id, run_dir, tracking.tracking_uri(cfg.tracking.uri), loss_before, loss_after,
-                     tc.max_steps, time.time() - t_start, train_seconds=speed["seconds"], train_tokens=speed["tokens"],
-                     model=model, tokenizer=tok)
+    return FitResult(run_id, run_dir, tracking.tracking_uri(cfg.tracking.uri), loss_before, loss_after,
+                     tc.max_steps, time.time() - t_start, train_seconds=speed["wall"], train_tokens=speed["tokens"],
+                     model=model, tokenizer=tok, rank=dist.rank)
 
 
 def _save_model(model, tok, out: Path, cfg, base_path: str, run_id: str) -> None:

@@ -1,7 +1,8 @@
 """The step loop: micro-batches, completion-only loss, clipping, scheduler, metrics, checkpoints.
 
 Called by :func:`ech0.trainer.fit.fit`; not run directly. Loss is the mean over completion tokens of
-the whole optimizer step (summed over micro-batches, divided once), so ``grad_accum`` does not change it.
+the whole optimizer step (summed over micro-batches, divided once), so ``grad_accum`` does not change it,
+and neither does the number of processes under torchrun (see :mod:`ech0.trainer.distributed`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import time
 
 from ech0.trainer.data import collate, epoch_batches
+from ech0.trainer.distributed import Dist
 from ech0.trainer.packing import collate_packed
 
 
@@ -88,8 +90,9 @@ class Loop:
     """State of one training run's step loop; ``run()`` advances it from ``self.step`` to ``max_steps``."""
 
     def __init__(self, model, optimizer, scheduler, train, pad_id: int, cfg, seed: int, device: str, amp_dtype,
-                 on_step, on_eval, on_checkpoint):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+                 on_step, on_eval, on_checkpoint, dist: Dist = Dist()):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler  # model: DDP-wrapped under torchrun
+        self.dist = dist
         self.train, self.pad_id, self.cfg, self.seed = train, pad_id, cfg, seed
         self.device, self.amp_dtype = device, amp_dtype
         self.on_step, self.on_eval, self.on_checkpoint = on_step, on_eval, on_checkpoint
@@ -109,15 +112,22 @@ class Loop:
     def one_step(self) -> dict:
         import torch
 
-        rows = self.batch_for(self.step)
-        k = max(1, self.cfg.grad_accum)
-        micro = [rows[i::k] for i in range(k) if rows[i::k]]
+        rows = self.batch_for(self.step)  # the step's global batch: the same on every process
         n_completion = sum(sum(1 for t in e.labels[1:] if t != -100) for e in rows)
+        # Each of W processes backpropagates (its completion-loss sum) * W / (the step's count); DDP
+        # averages gradients over processes, so the update is the one-process update. W=1: plain mean.
+        share, weight = self.dist.share(rows), self.dist.world
+        if not share:  # fewer rows than processes: join DDP's gradient all-reduce with a zero gradient
+            share, weight = rows[:1], 0
+        k = max(1, self.cfg.grad_accum)
+        micro = [share[i::k] for i in range(k) if share[i::k]]
         total = 0.0
-        for part in micro:
-            s, _ = loss_sum(self.model, self.collate(part), self.device, self.amp_dtype)
-            (s / n_completion).backward()
-            total += float(s.detach())
+        for j, part in enumerate(micro):
+            with self.dist.accumulating(self.model, last=j == len(micro) - 1):
+                s, _ = loss_sum(self.model, self.collate(part), self.device, self.amp_dtype)
+                (s * weight / n_completion).backward()
+            total += float(s.detach()) if weight else 0.0
+        total = self.dist.sum(total)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
