@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ech0 import paths, tracking
-from ech0.errors import UserError
+from ech0.errors import UserError, sigterm_as_interrupt
 
 
 @dataclass
@@ -146,10 +146,6 @@ def find_finished(cfg: DictConfig) -> FitResult | None:
     return None
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def fit(cfg: DictConfig) -> FitResult:
     import torch
     from hydra.utils import instantiate
@@ -164,7 +160,7 @@ def fit(cfg: DictConfig) -> FitResult:
 
     t_start = time.time()
     os.environ["ECH0_HOME"] = str(Path(cfg.paths.home).expanduser().resolve())  # paths.* follow the config
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    sigterm_as_interrupt()
     tc = cfg.trainer
     dist = distributed.init(_device(tc.device))  # one process unless started by torchrun / accelerate launch
     device = dist.device
