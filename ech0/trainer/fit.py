@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
