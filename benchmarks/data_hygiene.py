@@ -406,8 +406,6 @@ def main(argv=None) -> int:
         cpu_s = cpu() - c0
 
     # ---- accuracy against the ground truth
-    from ech0.data.secrets import find_secrets
-
     out_rows = {}
     with open(work / "home/data/processed/bench.jsonl", encoding="utf-8") as f:
         for line in f:

@@ -128,7 +128,6 @@ def process_batch(recs: list[Rec]) -> dict:
     lines: list[bytes] = []
     kinds: list[int] = []
     linenos: list[int] = []
-    details: list = []  # (reason) per reject, for the summary
     secret_rows: list = []
     cand_rows: list[dict] = []  # kept candidates, in order
     cand_pos: list[int] = []  # their index in ``lines``
