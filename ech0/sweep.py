@@ -33,6 +33,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ech0 import config as _config  # noqa: F401  (registers the schema + resolvers in submitit workers too)
+from ech0.io import atomic_write_json, atomic_write_text
 
 PARENT_FILE = "mlflow_parent_run_id"  # <sweep dir>/mlflow_parent_run_id: the parent run's id, one line
 INFO_FILE = "ech0_sweep.json"  # <sweep dir>/ech0_sweep.json: the id, the tracking URI, the fixed overrides
@@ -90,8 +91,8 @@ class SweepCallback(Callback):
                                                   parent_run_id=config.tracking.parent_run_id)
         info = {"parent_run_id": self.parent_run_id, "tracking_uri": uri, "run_name": name,
                 "fixed_keys": fixed, "command": command, "started_at": started}
-        (sweep_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        (sweep_dir / PARENT_FILE).write_text(self.parent_run_id + "\n")
+        atomic_write_json(sweep_dir / INFO_FILE, info)  # jobs elsewhere read these: never half-written
+        atomic_write_text(sweep_dir / PARENT_FILE, self.parent_run_id + "\n")
         _OPEN[self.parent_run_id] = {"uri": uri, "sweep_dir": str(sweep_dir)}
         atexit.register(abort, "FAILED")  # a sweep that dies without on_multirun_end never stays RUNNING
         print(f"  sweep    {self.parent_run_id} ({name}): each job's MLflow run nests under it", flush=True)
@@ -106,7 +107,7 @@ class SweepCallback(Callback):
         if out["status"] != "COMPLETED":
             err = getattr(job_return, "_return_value", None)  # the exception (return_value would raise it)
             out["error"] = f"{type(err).__name__}: {err}"[:2000]
-        Path(str(config.hydra.runtime.output_dir), JOB_FILE).write_text(json.dumps(out) + "\n")
+        atomic_write_json(Path(str(config.hydra.runtime.output_dir), JOB_FILE), out)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is not None:
