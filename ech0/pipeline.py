@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                      dataset_name=args.dataset_name, dedupe=args.dedupe)
     except KeyboardInterrupt as e:
         where = f" during {e}" if isinstance(e, Interrupted) else ""
-        print(f"\ninterrupted{where}: its runs are marked KILLED and nothing was promoted; "
+        print(f"\ninterrupted{where}: the open runs are marked KILLED and no later stage ran; "
               "re-run the same command to continue (finished stages are skipped)", file=sys.stderr)
         return 130
     print_result(result, tracking.tracking_uri())
