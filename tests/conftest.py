@@ -46,6 +46,20 @@ def home(ech0_home) -> Path:
     return ech0_home
 
 
+def wait_for(predicate, timeout: float, proc=None) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` passes (False); fail if ``proc`` ends first."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    return False
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
     """Run ``python -m <args>`` in a subprocess with the test's environment."""
     import subprocess

@@ -100,21 +100,18 @@ def _interrupt_during_training(args: list[str], env: dict, home: Path) -> tuple[
     import signal
     import subprocess
     import sys
-    import time
 
-    from conftest import ROOT
+    from conftest import ROOT, wait_for
     from ech0.status import read_status
 
     cmd = [sys.executable, "-m", "ech0.pipeline", "--mode", "pipeline", "--promote-on-pass", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
+    def training_stepped() -> bool:
         found = list((home / "models").glob("*/status.json"))
-        if found and (read_status(found[0]).get("step") or 0) >= 1:
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, proc.communicate()
+        return bool(found) and (read_status(found[0]).get("step") or 0) >= 1
+
+    assert wait_for(training_stepped, 300, proc), "training never took a step"
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     return proc.returncode, stdout, stderr

@@ -7,10 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_for
 
 from ech0.cli_common import compose
 
@@ -144,17 +143,6 @@ def test_logged_model_loads_offline_and_matches_in_process(lora_run, tiny_model_
     assert not (home / "empty-cache").exists(), "loading must not rebuild the base model"
 
 
-def _wait_for(predicate, timeout: float, proc=None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, ech0_home):
     from mlflow.tracking import MlflowClient
@@ -177,7 +165,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, ech0_home):
                 return True
         return False
 
-    assert _wait_for(past_first_checkpoint, 240, proc), "no checkpoint appeared"
+    assert wait_for(past_first_checkpoint, 240, proc), "no checkpoint appeared"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (run_dir,) = list(models.iterdir())

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_for
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -74,15 +74,12 @@ def test_sigterm_ends_run_killed_and_status_interrupted(tiny_model_dir, ech0_hom
     proc = subprocess.Popen([sys.executable, "-m", "ech0.train", "+preset=lora", "trainer.max_steps=2000",
                              "trainer.progress=false", "tracking.log_system_metrics=false"],
                             cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    end = time.time() + 240
-    status_file = None
-    while time.time() < end and proc.poll() is None:
+    def stepped() -> bool:
         found = list((ech0_home / "models").glob("*/status.json"))
-        if found and (json.loads(found[0].read_text()).get("step") or 0) >= 2:
-            status_file = found[0]
-            break
-        time.sleep(0.1)
-    assert status_file is not None, proc.stderr.read() if proc.poll() is not None else "no progress"
+        return bool(found) and (json.loads(found[0].read_text()).get("step") or 0) >= 2
+
+    assert wait_for(stepped, 240, proc), "no progress"
+    (status_file,) = (ech0_home / "models").glob("*/status.json")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
