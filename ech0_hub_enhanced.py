@@ -1,10 +1,10 @@
-"""Compatibility entry for the seed's hub commands; everything is ech0.pipeline.
+"""The seed's hub command, now a shim that forwards every argument to ``ech0 pipeline`` (ech0.pipeline.main).
 
     python ech0_hub_enhanced.py --mode train --config lora
     python ech0_hub_enhanced.py --mode eval --model-dir models/<run_id>
     python ech0_hub_enhanced.py --mode pipeline --promote-on-pass
 
-Prefer ``python -m ech0.pipeline`` / ``ech0 pipeline`` (same flags).
+Prefer ``ech0 pipeline`` / ``python -m ech0.pipeline``: same flags, same output (``--help`` is its help).
 """
 
 import sys

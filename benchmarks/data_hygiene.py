@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--out", default=None, help="JSON results file")
-    ap.add_argument("--tokenizer", default=None, help="default: ech0.models.ensure_base_model()")
+    ap.add_argument("--tokenizer", default=None, help="default: the configured base model's (built once)")
     ap.add_argument("--workers", type=int, default=None, help="validate workers (default: CPU count)")
     ap.add_argument("--baseline-rows", type=int, default=None,
                     help="rows for the datasketch baseline (default: min(rows, 20000))")
@@ -365,15 +365,18 @@ def main(argv=None) -> int:
         # ECH0_HOME, so torch is not loaded into the process being measured
         import subprocess
 
-        r = subprocess.run([sys.executable, "-c", "from ech0.models import ensure_base_model; "
-                            "print('\\n' + str(ensure_base_model()))"], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", "from ech0.context import Context; from ech0.models import "
+                            "ensure_base_model; print('\\n' + str(ensure_base_model(Context.from_env().base_models)))"],
+                           capture_output=True, text=True)
         if r.returncode == 0 and r.stdout.strip():
             tok = r.stdout.strip().splitlines()[-1]
         else:
             print(f"ech0.models unavailable ({r.stderr.strip().splitlines()[-1:] }); using a throwaway tokenizer",
                   file=sys.stderr)
+    from ech0.context import Context
+
     work = Path(tempfile.mkdtemp(prefix="ech0-bench-"))
-    os.environ["ECH0_HOME"] = str(work / "home")
+    ctx = Context.from_env(home=work / "home")
     src = work / "bench.jsonl"
     t = time.perf_counter()
     truth = generate(src, args.rows)
@@ -382,7 +385,7 @@ def main(argv=None) -> int:
     print(f"generated {args.rows} rows ({size / args.rows:.0f} B/row) in {gen_s:.1f}s", file=sys.stderr)
     if tok is None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from data_fixtures.helpers import build_tokenizer
+        from plugins.data import build_tokenizer
 
         tok = str(build_tokenizer(work / "tok"))
 
@@ -401,7 +404,7 @@ def main(argv=None) -> int:
     with PeakRSS() as rss:
         c0 = cpu()
         t = time.perf_counter()
-        man = run_validate(opts)
+        man = run_validate(ctx, opts)
         dt = time.perf_counter() - t
         cpu_s = cpu() - c0
 

@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 
-def _default_model() -> str:
-    from ech0 import paths
+def _default_model(ctx) -> str:
     from ech0.models import ensure_base_model
 
-    runs = [p.parent.parent for p in paths.models_dir().glob("*/model/ech0_model.json")]
+    runs = [p.parent.parent for p in ctx.models_dir.glob("*/model/ech0_model.json")]
     if runs:
         return str(max(runs, key=lambda p: p.stat().st_mtime))
-    return str(ensure_base_model(verbose=False))
+    return str(ensure_base_model(ctx.base_models, verbose=False))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,9 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from ech0.cli_common import quiet_libraries
+    from ech0.context import Context
     from ech0.eval import DEFAULT_BASELINE
     from ech0.eval.cases import load_baseline
-    from ech0.eval.runner import generate_outputs, load_subject, reference_losses
+    from ech0.eval.scoring import generate_outputs, reference_losses
+    from ech0.eval.subject import load_subject
     from ech0.generation import generate
 
     quiet_libraries()
@@ -55,8 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     base = load_baseline(args.baseline or DEFAULT_BASELINE)
     cases = [base.cases[i % len(base.cases)] for i in range(args.cases)]
-    model_ref = args.model_dir or _default_model()
-    subject = load_subject(model_ref)
+    ctx = Context.from_env()
+    model_ref = args.model_dir or _default_model(ctx)
+    subject = load_subject(ctx, model_ref)
     mnt = args.max_new_tokens
 
     def batched():

@@ -97,8 +97,8 @@ def model_flops_per_token(config, avg_len: float) -> float:
 
 
 def heldout_loss(model, tok, rows, template: str) -> float:
-    from ech0.trainer.data import tokenize_rows
-    from ech0.trainer.loop import completion_loss
+    from ech0.train.data import tokenize_rows
+    from ech0.train.loop import completion_loss
 
     examples, _ = tokenize_rows(rows, tok, template, 1024, "right")
     return completion_loss(model, examples, tok.pad_token_id, "cpu", None, batch_size=8)
@@ -107,20 +107,21 @@ def heldout_loss(model, tok, rows, template: str) -> float:
 # ---- contenders (each runs in its own process) ---------------------------------------------------
 
 def run_ech0(work: Path, model_dir: str, epochs: int, tracking: bool, packing: bool, preset: str = "full") -> dict:
-    from ech0.cli_common import compose
-    from ech0.trainer.fit import fit
+    from ech0.config import compose
+    from ech0.context import Context
+    from ech0.train.recipe import fit
 
     rows = sum(1 for _ in open(work / "train.jsonl"))
     steps = epochs * math.ceil(rows / BATCH_ROWS)
-    os.environ["ECH0_HOME"] = str(work / ("home-on" if tracking else "home-off"))
-    cfg = compose("train", [f"+preset={preset}", f"model.name_or_path={model_dir}", f"data.train_file={work / 'train.jsonl'}",
+    home = work / ("home-on" if tracking else "home-off")
+    cfg = compose("train", [f"+preset={preset}", f"paths.home={home}", f"model.name_or_path={model_dir}", f"data.train_file={work / 'train.jsonl'}",
                             "data.eval_file=null", f"trainer.max_steps={steps}", f"trainer.batch_size={BATCH_ROWS}",
                             f"trainer.learning_rate={LR}", "trainer.warmup_steps=0", "trainer.lr_scheduler=constant",
                             "trainer.max_length=1024", "trainer.checkpoint_every=0", "trainer.eval_every=0",
                             f"trainer.packing={str(packing).lower()}", "trainer.progress=false", f"seed={SEED}",
                             f"tracking.enabled={str(tracking).lower()}", "tracking.log_model=false",
                             "tracking.log_system_metrics=false"])
-    result = fit(cfg)
+    result = fit(cfg, Context.from_config(cfg))
     return {"tokens_per_sec": result.train_tokens / result.train_seconds, "train_seconds": result.train_seconds,
             "model": result.model, "tok": result.tokenizer, "final_loss": _last_loss(result.run_dir)}
 
@@ -167,7 +168,7 @@ def run_trl(work: Path, model_dir: str, epochs: int) -> dict:
 def _bf16_fast() -> bool:
     import torch
 
-    from ech0.trainer.precision import choose
+    from ech0.train.precision import choose
 
     return choose("auto", "cuda" if torch.cuda.is_available() else "cpu")[0] is not None
 
@@ -177,7 +178,7 @@ def run_hf(work: Path, model_dir: str, epochs: int, template: str) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from ech0.trainer.data import read_rows, tokenize_rows
+    from ech0.train.data import read_rows, tokenize_rows
 
     torch.manual_seed(SEED)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -224,11 +225,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig, AutoTokenizer
 
-    from ech0.cli_common import compose
+    from ech0.config import compose
+    from ech0.context import Context
     from ech0.models import ensure_base_model
 
     args.repeats = args.repeats or (1 if args.quick else 2)
-    model_dir = ensure_base_model(recipe(args.quick), verbose=True)
+    model_dir = ensure_base_model(Context.from_env().base_models, recipe(args.quick), verbose=True)
     tok = AutoTokenizer.from_pretrained(model_dir)
     n = args.rows or (32 if args.quick else 160)
     rows = make_rows(tok, n + max(8, n // 10), SEED)

@@ -3,16 +3,11 @@
     from ech0.generation import generate
     texts = generate(model, tokenizer, ["What color is snow?"], template, max_new_tokens=32)
 
-Prompts are encoded exactly as in training (BOS + template, no EOS), so what the trained model saw
+Prompts are encoded exactly as in training (:mod:`ech0.prompts`: BOS + template, no EOS), so what the trained model saw
 and what it is asked at inference match token for token.
 """
 
 from __future__ import annotations
-
-
-def encode_prompt(tokenizer, template: str, prompt: str) -> list[int]:
-    ids = tokenizer(template.format(prompt=prompt), add_special_tokens=False)["input_ids"]
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
 
 
 def generate(model, tokenizer, prompts: list[str], template: str, max_new_tokens: int = 64,
@@ -21,7 +16,10 @@ def generate(model, tokenizer, prompts: list[str], template: str, max_new_tokens
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [encode_prompt(tokenizer, template, p) for p in prompts]
+    from ech0.prompts import encode_prompt, hf_encoder
+
+    encode = hf_encoder(tokenizer)
+    encoded = [encode_prompt(encode, tokenizer.bos_token_id, template, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     out: list[str] = [""] * len(prompts)
     was_training = model.training

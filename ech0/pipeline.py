@@ -6,6 +6,15 @@
     python -m ech0.pipeline --mode train --preset lora
     python -m ech0.pipeline --mode eval --model-dir models/<run_id>
 
+    from ech0.pipeline import run
+    result = run(ctx, ["trainer.max_steps=50"], promote_on_pass=True)   # a PipelineResult
+
+``main`` builds one :class:`ech0.context.Context` from the composed training config (so
+``paths.home=`` / ``tracking.uri=`` overrides and ``ECH0_HOME`` / ``MLFLOW_TRACKING_URI`` all work) and
+every stage gets that same value. Each stage ends with one line saying what it did
+(``register: version 1 registered from run …``, ``promote: production -> v1 (was none)``,
+``smoke: served …``); a summary closes the run.
+
 With ``--input`` (a legacy dump or raw JSONL, or a file already in ``data/raw`` or ``data/clean``) the
 data stage runs first (import → clean → processed with dedupe) and training uses its output.
 Each stage's MLflow run nests under the parent pipeline run (the eval verdict goes into the training
@@ -21,9 +30,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass, field
 
+from ech0.context import Context
 from ech0.errors import UserError, cli_errors, sigterm_as_interrupt
 
 
@@ -57,7 +66,11 @@ def _stage(name: str, fn, *args, **kwargs):
         raise Interrupted(f"stage {name}") from None
 
 
-def data_stage(input: str, name: str | None = None, dedupe: str = "near", uri: str | None = None,
+def _skipped(name: str, why: str) -> None:
+    print(f"\n== {name} == skipped: {why}", flush=True)
+
+
+def data_stage(ctx: Context, input: str, name: str | None = None, dedupe: str = "near",
                experiment: str = "ech0") -> dict:
     """raw dump (or a raw/clean stage file) → ``data/processed/NAME.jsonl``, logged as a nested MLflow run.
 
@@ -66,131 +79,128 @@ def data_stage(input: str, name: str | None = None, dedupe: str = "near", uri: s
     """
     from pathlib import Path
 
-    from ech0 import paths, tracking
+    from ech0 import tracking
     from ech0.data import manifest as mf, processed_dataset
-    from ech0.data.cli import print_summary
+    from ech0.data.cli import print_manifest
     from ech0.data.importers import run_import
     from ech0.data.stage import ValidateOptions, check_name, default_name, run_validate
+    from ech0.io import sha256_file
 
     src = Path(input).expanduser()
     if not src.is_file():
         raise UserError(f"--input {input}: not found; pass a legacy dump / JSONL file")
     src = src.resolve()
     name = check_name(name or default_name(src))
-    first = next((s for s in ("raw", "clean") if src.parent == paths.data_dir(s).resolve()), None)
-    in_sha = mf.sha256_file(src)
-    done = _processed_from(name, src, in_sha, dedupe)
+    first = next((s for s in ("raw", "clean") if src.parent == ctx.data_dir(s).resolve()), None)
+    in_sha = sha256_file(src)
+    done = _processed_from(ctx, name, src, in_sha, dedupe)
     if done is not None:
-        print(f"  skipped: {mf.rel(done['path'])} was already made from {src.name} (sha256 {in_sha[:12]}…) "
+        print(f"  skipped: {ctx.relative(done['path'])} was already made from {src.name} (sha256 {in_sha[:12]}…) "
               f"with dedupe={dedupe}", flush=True)
         return done
-    with tracking.start(uri, experiment, f"data-{name}", tags={"ech0.kind": "data", "ech0.dataset": name}) as run:
+    with tracking.start(ctx, experiment, f"data-{name}", tags={"ech0.kind": "data", "ech0.dataset": name}) as run:
         run.log_params({"data.input": str(src), "data.input_sha256": in_sha, "data.name": name, "data.dedupe": dedupe,
                         "data.first_stage": first or "import"})
         manifests = []
         if first is None:
-            manifests.append(run_import(str(src), name=name))
+            manifests.append(run_import(ctx, str(src), name=name))
         if first in (None, "raw"):
-            manifests.append(run_validate(ValidateOptions(input=name if first is None else str(src), stage="clean", name=name)))
-        manifests.append(run_validate(ValidateOptions(input=name if first != "clean" else str(src), stage="processed",
-                                                      name=name, dedupe=dedupe != "none", near_dedupe=dedupe == "near")))
+            manifests.append(run_validate(ctx, ValidateOptions(input=name if first is None else str(src),
+                                                               stage="clean", name=name)))
+        manifests.append(run_validate(ctx, ValidateOptions(input=name if first != "clean" else str(src),
+                                                           stage="processed", name=name, dedupe=dedupe != "none",
+                                                           near_dedupe=dedupe == "near")))
         for man in manifests:
-            print_summary(man)
+            print_manifest(man)
             stage = man["stage"]
             run.log_metrics({f"{stage}/{k}": v for k, v in man["counts"].items()}, step=0)
             run.log_metrics({f"{stage}/rejected.{k}": v for k, v in man.get("reject_reasons", {}).items()}, step=0)
-            run.log_artifact(mf.manifest_path(name, stage), "manifests")
-        record = processed_dataset(name)
+            run.log_artifact(mf.manifest_path(ctx, name, stage), "manifests")
+        record = processed_dataset(ctx, name)
         run.set_tags({"ech0.data_digest": record["digest"], "ech0.data_path": str(record["path"])})
     return record
 
 
-def _processed_from(name: str, src, in_sha: str, dedupe: str) -> dict | None:
+def _processed_from(ctx: Context, name: str, src, in_sha: str, dedupe: str) -> dict | None:
     """The processed dataset ``name`` if its verified chain starts from ``src``'s bytes with ``dedupe``."""
     from ech0.data import manifest as mf, processed_dataset
 
     try:
-        record = processed_dataset(name)  # verifies every file of the chain
+        record = processed_dataset(ctx, name)  # verifies every file of the chain
     except UserError:
         return None
     chain = [mf.load(m) for m in record["chain"]]
     options = chain[0].get("options", {})
     same_dedupe = (dedupe != "none") == bool(options.get("dedupe")) and \
         (dedupe != "near" or bool(options.get("near_dedupe")))
-    starts_here = any(m["input"]["sha256"] == in_sha and mf.resolve(m["input"]["path"]).resolve() == src for m in chain)
+    starts_here = any(m["input"]["sha256"] == in_sha and ctx.resolve(m["input"]["path"]).resolve() == src
+                      for m in chain)
     return record if same_dedupe and starts_here else None
 
 
-def store_has(c, name: str) -> bool:
-    from ech0.registry import store
-
-    try:
-        store.registered_model(c, name)
-        return True
-    except UserError:
-        return False
-
-
-def run(overrides: list[str], *, preset: str = "lora", baseline: str | None = None, promote_on_pass: bool = False,
-        smoke: bool = True, force_train: bool = False, input: str | None = None, dataset_name: str | None = None,
-        dedupe: str = "near") -> PipelineResult:
-    from ech0 import tracking
-    from ech0.cli_common import compose
-    from ech0.eval.runner import evaluate
-    from ech0.registry import promote, register
-    from ech0.trainer.fit import find_finished, fit
+def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: str | None = None,
+        promote_on_pass: bool = False, smoke: bool = True, force_train: bool = False, input: str | None = None,
+        dataset_name: str | None = None, dedupe: str = "near") -> PipelineResult:
+    """Every stage against ``ctx``'s store and home; see the module docstring."""
+    from ech0 import registry, tracking
+    from ech0.config import compose
+    from ech0.eval.evaluate import evaluate
+    from ech0.io import stamp
+    from ech0.train.recipe import find_finished, fit
 
     cfg = compose("train", [f"+preset={preset}", *overrides])
-    with tracking.start(cfg.tracking.uri, cfg.tracking.experiment, f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
+    with tracking.start(ctx, cfg.tracking.experiment, f"pipeline-{stamp()}",
                         tags={"ech0.kind": "pipeline", "ech0.preset": preset}) as parent:
         out = PipelineResult(parent.run_id)
         if input:
-            record = _stage("data", data_stage, input, dataset_name, dedupe, cfg.tracking.uri,
-                            cfg.tracking.experiment)
+            record = _stage("data", data_stage, ctx, input, dataset_name, dedupe, cfg.tracking.experiment)
             out.dataset = str(record["path"])
             parent.set_tags({"ech0.dataset": record["name"], "ech0.data_digest": record["digest"]})
             # the processed file replaces the training data; the eval file stays as configured
             cfg = compose("train", [f"+preset={preset}", f"data.train_file={record['path']}",
                                     f"data.name={record['name']}", *overrides])
-        trained = None if force_train else find_finished(cfg)
+        trained = None if force_train else find_finished(cfg, ctx)
         if trained is not None:
-            print(f"\n== train == skipped: run {trained.run_id} already trained this config, data and base model")
+            _skipped("train", f"run {trained.run_id} already trained this config, data and base model")
         else:
-            trained = _stage("train", fit, cfg)
+            trained = _stage("train", fit, cfg, ctx)
         out.train_run_id = trained.run_id
         parent.set_tags({"ech0.train_run_id": trained.run_id})
-        report = _stage("eval", evaluate, trained.run_dir, baseline)
+        report = _stage("eval", evaluate, ctx, trained.run_dir, baseline)
         out.gate_passed, out.reasons, out.report = report.passed, list(report.reasons), str(report.report_path)
-        from ech0.registry import store
 
-        c, name = store.client(cfg.tracking.uri), store.default_name()
-        existing = store.versions(c, name, run_id=trained.run_id) if store_has(c, name) else []
-        if existing:  # the same training run is registered once; a re-run reuses its version
-            mv = existing[0]
-            print(f"\n== register == skipped: version {mv.version} already holds run {trained.run_id}")
+        mv = registry.version_of_run(ctx, trained.run_id)
+        if mv is not None:  # the same training run is registered once; a re-run reuses its version
+            _skipped("register", f"version {mv.version} already holds run {trained.run_id}")
         else:
-            mv = _stage("register", register, trained.run_id, eval_report=report.report_path,
+            mv = _stage("register", registry.register, ctx, trained.run_id, eval_report=report.report_path,
                         score=report.aggregates.get("mean_score"))
+            print(f"register: version {mv.version} registered from run {trained.run_id}", flush=True)
         out.version = str(mv.version)
         if promote_on_pass and report.passed:
-            current = (c.get_registered_model(name).aliases or {}).get("production")
-            if str(current) == out.version:
-                print(f"\n== promote == skipped: version {out.version} already holds production")
+            current = registry.alias_version(ctx, mv.name, "production")
+            if current is not None and str(current.version) == out.version:
+                _skipped("promote", f"version {out.version} already holds production")
             else:
-                _stage("promote", promote, version=mv.version, stage="production", reason=f"pipeline {parent.run_id}")
+                move = _stage("promote", registry.promote, ctx, version=mv.version, stage="production",
+                              reason=f"pipeline {parent.run_id}")
+                was = f"v{move.event.from_version}" if move.event and move.event.from_version else "none"
+                print(f"promote: {move.stage} -> v{move.version} (was {was})", flush=True)
             out.promoted = True
         if smoke:
-            from ech0.serving import smoke as smoke_check
+            from ech0.smoke import smoke as smoke_check
 
             uri = f"models:/{mv.name}@production" if out.promoted else f"models:/{mv.name}/{mv.version}"
-            out.smoke_passed = bool(_stage("smoke", smoke_check, uri).passed)
+            checked = _stage("smoke", smoke_check, ctx, uri)
+            print(checked.line(), flush=True)
+            out.smoke_passed = bool(checked.passed)
         parent.log_metrics({"pipeline/gate_passed": int(report.passed), "pipeline/promoted": int(out.promoted)}, step=0)
         parent.set_tags({"ech0.gate": "passed" if report.passed else "failed", "ech0.registered_version": out.version,
                          "ech0.smoke": {None: "skipped", True: "passed", False: "failed"}[out.smoke_passed]})
     return out
 
 
-def print_result(r: PipelineResult, tracking_uri: str) -> None:
+def print_result(r: PipelineResult, ctx: Context) -> None:
     print("\n== summary ==")
     print(f"  pipeline run   {r.run_id}   (training run {r.train_run_id})")
     if r.dataset:
@@ -200,7 +210,8 @@ def print_result(r: PipelineResult, tracking_uri: str) -> None:
     print(f"  registered     version {r.version}" + ("  -> alias production" if r.promoted else "  (not promoted)"))
     if r.smoke_passed is not None:
         print(f"  served smoke   {'passed' if r.smoke_passed else 'FAILED'}")
-    print(f"  see it all     mlflow ui --backend-store-uri {tracking_uri}")
+    print("  see it all     " + (f"mlflow ui --backend-store-uri {ctx.tracking_uri}" if ctx.is_local_store
+                                  else f"open {ctx.tracking_uri}"))
 
 
 @cli_errors
@@ -218,27 +229,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", dest="dataset_name", help="dataset name for --input (default: the file's stem)")
     ap.add_argument("--dedupe", choices=("near", "exact", "none"), default="near",
                     help="duplicate removal in the data stage's processed step (default: near = exact + MinHash)")
-    from ech0.train import expand_overrides
+    from ech0.cli_common import quiet_libraries
+    from ech0.config import compose_or_exit, expand_overrides
 
     args, overrides = ap.parse_known_args(expand_overrides(list(sys.argv[1:] if argv is None else argv)))
-    from ech0 import tracking
-    from ech0.cli_common import compose_or_exit, quiet_libraries
 
     quiet_libraries()
     if args.mode == "eval":
         if not args.model_dir:
             raise UserError("--mode eval needs --model-dir")
-        from ech0.eval.runner import main as eval_main
+        from ech0.eval.evaluate import main as eval_main
 
         return eval_main(["--model-dir", args.model_dir] + (["--baseline", args.baseline] if args.baseline else []))
-    compose_or_exit("train", [f"+preset={args.preset}", *overrides])
+    cfg = compose_or_exit("train", [f"+preset={args.preset}", *overrides])
     if args.mode == "train":
-        from ech0.train import main as train_main
+        from ech0.train.cli import main as train_main
 
         return train_main([f"+preset={args.preset}", *overrides])
+    if cfg is None:
+        raise UserError("--mode pipeline runs one job: Hydra's -m / --cfg / --help flags belong to `ech0 train`")
+    ctx = Context.from_config(cfg)  # one context for every stage: paths.home= and tracking.uri= reach them all
     sigterm_as_interrupt()
     try:
-        result = run(overrides, preset=args.preset, baseline=args.baseline, promote_on_pass=args.promote_on_pass,
+        result = run(ctx, overrides, preset=args.preset, baseline=args.baseline, promote_on_pass=args.promote_on_pass,
                      smoke=not args.no_smoke, force_train=args.force_train, input=args.input,
                      dataset_name=args.dataset_name, dedupe=args.dedupe)
     except KeyboardInterrupt as e:
@@ -246,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted{where}: the open runs are marked KILLED and no later stage ran; "
               "re-run the same command to continue (finished stages are skipped)", file=sys.stderr)
         return 130
-    print_result(result, tracking.tracking_uri())
+    print_result(result, ctx)
     return 0 if result.gate_passed and result.smoke_passed is not False else 1
 
 

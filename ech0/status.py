@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from ech0.io import atomic_write_json
+from ech0.io import atomic_write_json, utc_now
 
 STATES = ("starting", "running", "succeeded", "failed", "interrupted")
 FIELDS = ("run_id", "mlflow_run_id", "state", "step", "max_steps", "epoch", "loss", "learning_rate",
           "tokens_per_sec", "eta_seconds", "started_at", "updated_at", "error")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class StatusWriter:
@@ -31,7 +26,7 @@ class StatusWriter:
         self.path = Path(path)
         self.every = every_seconds
         self.data = {k: None for k in FIELDS}
-        self.data.update(state="starting", step=0, started_at=_now())
+        self.data.update(state="starting", step=0, started_at=utc_now())
         self.data.update(initial)
         self._last = 0.0
         self.write()
@@ -47,7 +42,7 @@ class StatusWriter:
             self.write()
 
     def write(self) -> None:
-        self.data["updated_at"] = _now()
+        self.data["updated_at"] = utc_now()
         atomic_write_json(self.path, self.data)
         self._last = time.monotonic()
 

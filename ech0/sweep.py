@@ -1,5 +1,6 @@
 """Hydra multirun sweeps grouped in MLflow: one parent run for the sweep, one child run per job.
 
+    ech0 sweep +preset=lora peft.r=4,8                                       # = python -m ech0.train -m ...
     python -m ech0.train -m +preset=lora peft.r=4,8                          # two jobs, one after the other
     python -m ech0.train -m +preset=lora +launcher=local peft.r=4,8          # each job in its own process
     python -m ech0.train -m +preset=lora +launcher=slurm hydra.launcher.partition=gpu peft.r=4,8
@@ -7,7 +8,7 @@
 
 :class:`SweepCallback` (``hydra.callbacks`` in conf/train.yaml) opens the parent run when the sweep
 starts (tags ``ech0.kind=sweep``, the command, the overrides, the sweep folder) and writes its id to
-``<sweep dir>/mlflow_parent_run_id``. Each job (``_run`` in ech0/train.py, via :func:`job_config`)
+``<sweep dir>/mlflow_parent_run_id``. Each job (``_run`` in ech0/train/cli.py, via :func:`job_config`)
 reads that file wherever it runs (this process, a submitit subprocess, a SLURM node) and trains with
 ``tracking.parent_run_id`` set to it and a run name made of what the job changes (``peft.r=4``); every
 child logs the same param keys, so MLflow's compare view lines them up. When the sweep ends the parent
@@ -22,7 +23,6 @@ from __future__ import annotations
 import atexit
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -70,11 +70,11 @@ class SweepCallback(Callback):
         if not self.enabled or not config.tracking.enabled:
             return
         from ech0 import tracking
+        from ech0.context import Context
+        from ech0.io import stamp
 
         started = time.time()
-        # The store the jobs will use: fit() points ECH0_HOME at paths.home the same way.
-        os.environ["ECH0_HOME"] = str(Path(config.paths.home).expanduser().resolve())
-        uri = tracking.tracking_uri(config.tracking.uri)
+        ctx = Context.from_config(config)  # the store the jobs will use: each job builds the same one
         sweep_dir = Path(str(config.hydra.sweep.dir)).expanduser().resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         task = [str(o) for o in config.hydra.overrides.task]
@@ -86,14 +86,14 @@ class SweepCallback(Callback):
                 "ech0.sweep.sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1],
                 "ech0.sweep.launcher": str(config.hydra.launcher._target_).rsplit(".", 1)[-1],
                 **tracking.git_tags()}
-        name = f"sweep-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.parent_run_id = tracking.open_parent(uri, config.tracking.experiment, name, tags,
+        name = f"sweep-{config.preset}-{stamp()}"
+        self.parent_run_id = tracking.open_parent(ctx, config.tracking.experiment, name, tags,
                                                   parent_run_id=config.tracking.parent_run_id)
-        info = {"parent_run_id": self.parent_run_id, "tracking_uri": uri, "run_name": name,
+        info = {"parent_run_id": self.parent_run_id, "tracking_uri": ctx.tracking_uri, "run_name": name,
                 "fixed_keys": fixed, "command": command, "started_at": started}
         atomic_write_json(sweep_dir / INFO_FILE, info)  # jobs elsewhere read these: never half-written
         atomic_write_text(sweep_dir / PARENT_FILE, self.parent_run_id + "\n")
-        _OPEN[self.parent_run_id] = {"uri": uri, "sweep_dir": str(sweep_dir)}
+        _OPEN[self.parent_run_id] = {"ctx": ctx, "sweep_dir": str(sweep_dir)}
         atexit.register(abort, "FAILED")  # a sweep that dies without on_multirun_end never stays RUNNING
         print(f"  sweep    {self.parent_run_id} ({name}): each job's MLflow run nests under it", flush=True)
 
@@ -191,12 +191,13 @@ def finish(parent_run_id: str, status: str | None = None) -> dict:
     ``status`` None: FINISHED, or FAILED when a job or a child run failed. Returns the tags written.
     """
     from ech0 import tracking
+    from ech0.context import Context
 
     opened = _OPEN.get(parent_run_id, {})
     sweep_dir = Path(opened.get("sweep_dir", "."))
     info = read_info(sweep_dir) or {}
-    uri = opened.get("uri") or info.get("tracking_uri")
-    children = tracking.child_runs(parent_run_id, uri)
+    ctx = opened.get("ctx") or Context(home=sweep_dir.resolve(), tracking_uri=info["tracking_uri"])
+    children = tracking.child_runs(ctx, parent_run_id)
     jobs = job_outcomes(sweep_dir, since=info.get("started_at", 0.0) - 2) if opened else {}
     failed_jobs = sum(outcome != "COMPLETED" for outcome in jobs.values())
     failed_runs = sum(r.info.status in ("FAILED", "KILLED") for r in children)
@@ -211,7 +212,7 @@ def finish(parent_run_id: str, status: str | None = None) -> dict:
         metrics["sweep/best_loss_after"] = loss
     if status is None:
         status = "FAILED" if tags["ech0.sweep.failed_jobs"] else "FINISHED"
-    tracking.close_parent(parent_run_id, status, uri, tags=tags, metrics=metrics)
+    tracking.close_parent(ctx, parent_run_id, status, tags=tags, metrics=metrics)
     _OPEN.pop(parent_run_id, None)  # only now: if ending it failed, abort() at exit tries again
     best_line = (f"best {tags['ech0.best_run_name']} (run {tags['ech0.best_run_id']}, held-out loss "
                  f"{tags['ech0.best_loss_after']})" if scored else "no finished child run")
@@ -228,3 +229,18 @@ def abort(status: str = "FAILED") -> None:
         except Exception as e:  # never mask the error that stopped the sweep
             _OPEN.pop(run_id, None)
             print(f"warning: could not end sweep run {run_id}: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ech0 sweep ARGS`` is ``ech0 train -m ARGS``: every job a training run nested under one parent.
+
+    Run as its own process: the training entry point imports this module (its jobs read the sweep's
+    record), so this one does not import it back."""
+    import subprocess
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return subprocess.call([sys.executable, "-m", "ech0.train", "-m", *[a for a in argv if a not in ("-m", "--multirun")]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

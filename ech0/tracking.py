@@ -1,8 +1,11 @@
 """The only module that opens MLflow runs; everything else logs through a :class:`Tracker`.
 
-    with tracking.start(cfg, run_name="lora-20261125-1200", tags={...}) as tracker:
+    with tracking.start(ctx, "ech0", run_name="lora-20261125-1200", tags={...}) as tracker:
         tracker.log_params(flat_config)
         tracker.log_metrics({"train/loss": 1.2}, step=3)      # asynchronous: never stalls the loop
+
+``ctx`` is the command's :class:`ech0.context.Context`: its ``tracking_uri`` is the store, always
+passed explicitly (MLflow's global URI is set from it, never read back).
 
 A run that raises ends FAILED, one interrupted (Ctrl-C, SIGTERM) ends KILLED; ``resume_run_id``
 reopens a run (a killed job continues into the same run).
@@ -12,46 +15,38 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-from ech0 import paths
+from ech0.context import Context
 
 MAX_PARAM_VALUE = 6000  # MLflow 3's limit on one param value
 PARAM_BATCH = 100  # MLflow's limit on params per batch call
 
 
-def tracking_uri(uri: str | None = None) -> str:
-    return uri or paths.tracking_uri()
-
-
-def setup(uri: str | None = None, experiment: str = "ech0") -> str:
-    """Point MLflow at the store (creating the SQLite file's folder) and the experiment; return its id."""
+def setup(ctx: Context, experiment: str = "ech0") -> str:
+    """Point MLflow at ``ctx``'s store (creating the SQLite file's folder) and the experiment; return its id."""
     import mlflow
 
-    uri = tracking_uri(uri)
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(ctx.tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
     artifact_location = None
-    if uri.startswith("sqlite:"):
-        paths.home().mkdir(parents=True, exist_ok=True)
-        artifact_location = paths.artifact_root().as_uri()
+    if ctx.is_local_store:
+        ctx.home.mkdir(parents=True, exist_ok=True)
+        artifact_location = ctx.artifact_root.as_uri()
     return mlflow.create_experiment(experiment, artifact_location=artifact_location)
 
 
 def git_tags() -> dict[str, str]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    from ech0.io import git_info
+
+    git = git_info()
+    if not git["commit"]:
         return {}
-    return {"mlflow.source.git.commit": commit, "ech0.git_commit": commit, "ech0.git_dirty": str(bool(dirty)).lower()} if commit else {}
+    return {"mlflow.source.git.commit": git["commit"], "ech0.git_commit": git["commit"],
+            "ech0.git_dirty": str(git["dirty"]).lower()}
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -139,7 +134,7 @@ class NullTracker(Tracker):
 
 
 @contextlib.contextmanager
-def start(uri: str | None, experiment: str, run_name: str | None = None, tags: dict | None = None,
+def start(ctx: Context, experiment: str, run_name: str | None = None, tags: dict | None = None,
           resume_run_id: str | None = None, parent_run_id: str | None = None,
           log_system_metrics: bool = False, enabled: bool = True) -> Iterator[Tracker]:
     """Open (or reopen) a run; end it FINISHED, FAILED or KILLED whatever happens inside."""
@@ -148,9 +143,9 @@ def start(uri: str | None, experiment: str, run_name: str | None = None, tags: d
         return
     import mlflow
 
-    experiment_id = setup(uri, experiment)
-    if log_system_metrics:
-        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")
+    experiment_id = setup(ctx, experiment)
+    if log_system_metrics and "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL" not in os.environ:
+        mlflow.set_system_metrics_sampling_interval(5)  # MLflow's default of 10 s misses short runs
     active = mlflow.active_run()  # inside a pipeline's parent run: this one nests under it
     if active is not None and parent_run_id is None:
         parent_run_id = active.info.run_id
@@ -182,10 +177,10 @@ class RunLogger:
     run FAILED, and works while a pipeline's parent run is active). Calls are synchronous, so a reader
     right after sees the values. Used by the eval stage to put its verdict into the training run."""
 
-    def __init__(self, run_id: str, uri: str | None = None):
+    def __init__(self, ctx: Context, run_id: str):
         from mlflow.tracking import MlflowClient
 
-        self.uri = tracking_uri(uri)
+        self.uri = ctx.tracking_uri
         self.client = MlflowClient(self.uri)
         self.run_id = run_id
         self.run = self.client.get_run(run_id)  # raises MlflowException when the store lacks it
@@ -221,15 +216,15 @@ class RunLogger:
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags)])
 
 
-def attach(run_id: str, uri: str | None = None) -> RunLogger:
+def attach(ctx: Context, run_id: str) -> RunLogger:
     """A :class:`RunLogger` for an existing run; ``MlflowException`` if the store has no such run."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(uri))  # datasets/artifact repos resolve through the global URI
-    return RunLogger(run_id, uri)
+    mlflow.set_tracking_uri(ctx.tracking_uri)  # datasets/artifact repos resolve through the global URI
+    return RunLogger(ctx, run_id)
 
 
-def open_parent(uri: str | None, experiment: str, run_name: str, tags: dict[str, Any] | None = None,
+def open_parent(ctx: Context, experiment: str, run_name: str, tags: dict[str, Any] | None = None,
                 parent_run_id: str | None = None) -> str:
     """Create a RUNNING run that other runs nest under (a sweep's parent); return its id.
 
@@ -238,29 +233,29 @@ def open_parent(uri: str | None, experiment: str, run_name: str, tags: dict[str,
     """
     from mlflow.tracking import MlflowClient
 
-    experiment_id = setup(uri, experiment)
+    experiment_id = setup(ctx, experiment)
     tags = {k: str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = MlflowClient(tracking_uri(uri)).create_run(experiment_id, run_name=run_name, tags=tags)
+    run = MlflowClient(ctx.tracking_uri).create_run(experiment_id, run_name=run_name, tags=tags)
     return run.info.run_id
 
 
-def child_runs(parent_run_id: str, uri: str | None = None) -> list:
+def child_runs(ctx: Context, parent_run_id: str) -> list:
     """The runs whose ``mlflow.parentRunId`` is ``parent_run_id``, oldest first."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri(uri))
+    client = MlflowClient(ctx.tracking_uri)
     parent = client.get_run(parent_run_id)
     return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                               max_results=10000, order_by=["attributes.start_time ASC"])
 
 
-def close_parent(run_id: str, status: str, uri: str | None = None, tags: dict[str, Any] | None = None,
+def close_parent(ctx: Context, run_id: str, status: str, tags: dict[str, Any] | None = None,
                  metrics: dict[str, float] | None = None) -> None:
     """Record ``tags``/``metrics`` on a run made by :func:`open_parent` and end it with ``status``
     (FINISHED, FAILED or KILLED). Ending a run that already ended changes nothing but the tags."""
-    logger = RunLogger(run_id, uri)
+    logger = RunLogger(ctx, run_id)
     if tags:
         logger.set_tags(tags)
     if metrics:

@@ -1,6 +1,7 @@
 """A live terminal view of a run's status.json until the run ends (works for a run started elsewhere).
 
     ech0 watch models/<run_id>          # or the status.json path, or just the run id
+    python -m ech0.watch <run_id>
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from ech0.errors import UserError, cli_errors
 DONE = ("succeeded", "failed", "interrupted")
 
 
-def _status_file(ref: str) -> Path:
-    from ech0 import paths
-
-    for p in (Path(ref), Path(ref) / "status.json", paths.run_dir(ref) / "status.json"):
+def _status_file(ctx, ref: str) -> Path:
+    for p in (Path(ref), Path(ref) / "status.json", ctx.run_dir(ref) / "status.json"):
         if p.is_file():
             return p
-    raise UserError(f"{ref}: no status.json there; pass models/<run_id> or a run id under {paths.models_dir()}")
+    raise UserError(f"{ref}: no status.json there; pass models/<run_id> or a run id under {ctx.models_dir}")
 
 
 def line(s: dict) -> str:
@@ -40,13 +39,14 @@ def line(s: dict) -> str:
 
 @cli_errors
 def main(argv: list[str] | None = None, interval: float = 1.0) -> int:
+    from ech0.context import Context
     from ech0.status import read_status
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    path = _status_file(argv[0])
+    path = _status_file(Context.from_env(), argv[0])
     while True:
         s = read_status(path)
         end = "\n" if s.get("state") in DONE or not sys.stdout.isatty() else "\r"

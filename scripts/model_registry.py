@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The seed's registry command, now a shim over ``ech0 registry`` (same subcommands and flags).
+"""The seed's registry command, now a shim that forwards every argument to ``ech0 registry``
+(ech0.registry.cli.main: same subcommands, flags, output and exit codes; ``--help`` is its help).
 
     python scripts/model_registry.py register --run-id RUN --run-dir models/RUN --eval-report R --score 0.9
     python scripts/model_registry.py list

@@ -1,4 +1,8 @@
-"""Shared fixtures: offline, one tiny base model per machine, a fresh ECH0_HOME per test."""
+"""Shared fixtures: offline, one tiny base model per machine, a fresh ECH0_HOME per test.
+
+Tests take what they need as fixtures (``run_cli``, ``wait_for``, ``clone_home``, ``repo_root``,
+``ctx``, ``trained_run`` ...); nothing is imported from this file.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+# mlflow_server: registry/smoke/pipeline fixtures (a real `mlflow server`, stores); data: tests/test_data*.py
+pytest_plugins = ["plugins.mlflow_server", "plugins.data"]
 ROOT = Path(__file__).resolve().parent.parent
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -17,7 +23,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 # Built base models are shared by every test (and kept between `make test` runs): built once.
-os.environ.setdefault("ECH0_BASE_MODELS_DIR", str(ROOT / ".cache" / "base_models"))
+BASE_MODELS = Path(os.environ.setdefault("ECH0_BASE_MODELS_DIR", str(ROOT / ".cache" / "base_models")))
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -26,7 +32,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def tiny_model_dir() -> Path:
     from ech0.models import ensure_base_model
 
-    return ensure_base_model()
+    return ensure_base_model(BASE_MODELS)
 
 
 @pytest.fixture(autouse=True)
@@ -41,12 +47,20 @@ def ech0_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def ctx(ech0_home):
+    """The test's :class:`ech0.context.Context`: its ECH0_HOME, the SQLite store under it, the shared base models."""
+    from ech0.context import Context
+
+    return Context.from_env(home=ech0_home)
+
+
+@pytest.fixture
 def home(ech0_home) -> Path:
     """Short name for the test's ECH0_HOME (modules that need a different home override it)."""
     return ech0_home
 
 
-def wait_for(predicate, timeout: float, proc=None) -> bool:
+def _wait_for(predicate, timeout: float, proc=None) -> bool:
     """Poll ``predicate`` until it is true (True) or ``timeout`` passes (False); fail if ``proc`` ends first."""
     import time
 
@@ -60,7 +74,7 @@ def wait_for(predicate, timeout: float, proc=None) -> bool:
     return False
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
+def _run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
     """Run ``python -m <args>`` in a subprocess with the test's environment."""
     import subprocess
 
@@ -73,24 +87,27 @@ def trained_run(tiny_model_dir, tmp_path_factory):
     """One real `+preset=lora` run, shared by every test that needs a fine-tuned model.
 
     Returns the FitResult (run_id, run_dir, tracking_uri, model, tokenizer, losses) with ``.home``
-    (its ECH0_HOME) and ``.cfg`` added. Tests that query its MLflow store use ``.tracking_uri``;
+    (its ECH0_HOME), ``.ctx`` (its Context) and ``.cfg`` added. Tests that query its MLflow store use ``.tracking_uri``;
     do not write into ``.home`` — copy what you need to change.
     """
-    from ech0.cli_common import compose
-    from ech0.trainer.fit import fit
+    from ech0.config import compose
+    from ech0.context import Context
+    from ech0.train.recipe import fit
 
     home = tmp_path_factory.mktemp("trained-run-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ECH0_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", "unset")
         mp.delenv("MLFLOW_TRACKING_URI")
-        cfg = compose("train", ["+preset=lora", "trainer.progress=false", "tracking.log_system_metrics=false"])
-        result = fit(cfg)
-    result.home, result.cfg = home, cfg
+        cfg = compose("train", ["+preset=lora", "trainer.progress=false", "tracking.log_system_metrics=false",
+                                "trainer.precision=fp32"])  # the gate tests compare scores: one arithmetic everywhere
+        ctx = Context.from_config(cfg)
+        result = fit(cfg, ctx)
+    result.home, result.cfg, result.ctx = home, cfg, ctx
     return result
 
 
-def clone_home(src: Path, dst: Path) -> Path:
+def _clone_home(src: Path, dst: Path) -> Path:
     """Copy an ECH0_HOME (store + artifacts + run dirs) and point the SQLite store's paths at the copy."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints"))
     con = sqlite3.connect(dst / "mlflow.db")
@@ -100,3 +117,43 @@ def clone_home(src: Path, dst: Path) -> Path:
     con.commit()
     con.close()
     return dst
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli("ech0.train", "+preset=lora", env={...})``: ``python -m ...`` in a subprocess (CompletedProcess)."""
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def wait_for():
+    """``wait_for(predicate, timeout, proc=None)``: poll until true (True) or timeout (False); fail if proc ends."""
+    return _wait_for
+
+
+@pytest.fixture(scope="session")
+def clone_home():
+    """``clone_home(src, dst)``: copy an ECH0_HOME and point its SQLite store at the copy."""
+    return _clone_home
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's real-data folder (../shared/data); tests that need it skip when it is absent."""
+    return SHARED_DATA
+
+
+@pytest.fixture
+def hold_at_step(tmp_path):
+    """``env, flag = hold_at_step(n)``: run a training subprocess with ``env`` and it stops after step ``n``
+    (status.json written) and creates ``flag``; wait for the flag, then interrupt it (tests/hold/)."""
+    def make(step: int) -> tuple[dict, Path]:
+        flag = tmp_path / f"held-at-{step}"
+        path = os.pathsep.join([str(ROOT / "tests" / "hold"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        return {"PYTHONPATH": path, "ECH0_TEST_HOLD_AT_STEP": str(step), "ECH0_TEST_HOLD_FILE": str(flag)}, flag
+    return make

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
 
 
 @pytest.mark.slow
-def test_train_throughput_quick(tmp_path):
+def test_train_throughput_quick(tmp_path, run_cli):
     out = tmp_path / "tt.json"
     proc = run_cli("benchmarks.train_throughput", "--quick", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

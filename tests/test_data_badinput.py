@@ -9,19 +9,28 @@ import gzip
 import json
 
 import pytest
-from data_fixtures.helpers import accounted, read_jsonl, row, run_main, write_jsonl
 
 
-def validate(capsys, path, *extra, name="d"):
-    return run_main(capsys, "validate", "--input", str(path), "--name", name, "--no-progress", *extra)
+ROW_LINE = json.dumps({"prompt": "What is two plus two?", "completion": "Four."}) + "\n"  # for parametrize
 
 
-def rejects(home, name="d", stage="clean"):
-    return read_jsonl(home / "data" / stage / f"{name}.rejects.jsonl")
+@pytest.fixture
+def validate(data_main):
+    """``validate(path, *flags, name="d")``: ``ech0 data validate`` in-process -> (code, out, err)."""
+    return lambda path, *extra, name="d": data_main("validate", "--input", str(path), "--name", name, "--no-progress",
+                                                    *extra)
 
 
-def reasons(home, name="d", stage="clean"):
-    return [r["reason"] for r in rejects(home, name, stage)]
+@pytest.fixture
+def rejects(home, read_jsonl):
+    """``rejects(name="d", stage="clean")``: the rejects file's records."""
+    return lambda name="d", stage="clean": read_jsonl(home / "data" / stage / f"{name}.rejects.jsonl")
+
+
+@pytest.fixture
+def reasons(rejects):
+    """``reasons(name="d", stage="clean")``: the reason of each reject, in order."""
+    return lambda name="d", stage="clean": [r["reason"] for r in rejects(name, stage)]
 
 
 def nothing_written(home):
@@ -32,289 +41,297 @@ def nothing_written(home):
     return left == []
 
 
-def test_invalid_utf8_reported_with_line_and_offset_and_keeps_going(home, tmp_path, capsys):
-    p = write_jsonl(tmp_path / "in.jsonl", [row()], [b'{"prompt": "caf\xe9", "completion": "x"}\n'])
+def test_invalid_utf8_reported_with_line_and_offset_and_keeps_going(tmp_path, make_row, write_jsonl, accounted,
+                                                                    validate, rejects):
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row()], [b'{"prompt": "caf\xe9", "completion": "x"}\n'])
     with open(p, "ab") as f:
-        f.write((json.dumps(row("after")) + "\n").encode())
-    code, out, err = validate(capsys, p)
+        f.write((json.dumps(make_row("after")) + "\n").encode())
+    code, out, err = validate(p)
     assert code == 0, err
-    m = accounted(home, "d", "clean")
+    m = accounted("d", "clean")
     assert m["counts"]["kept"] == 2
-    (r,) = rejects(home)
+    (r,) = rejects()
     assert r["reason"] == "invalid_utf8" and r["line"] == 2
-    first_len = len(json.dumps(row())) + 1
+    first_len = len(json.dumps(make_row())) + 1
     bad_at = first_len + len(b'{"prompt": "caf')
     assert f"byte offset {bad_at}" in r["detail"]
     assert "\\xe9" in r["text"]  # the raw line is kept (escaped) so nothing is lost
     assert "read 3 = kept 2 + rejected 1" in out
 
 
-def test_bom_and_crlf(home, tmp_path, capsys):
+def test_bom_and_crlf(tmp_path, make_row, accounted, validate):
     p = tmp_path / "in.jsonl"
-    p.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row("a")) + "\r\n" + json.dumps(row("b")) + "\r\n").encode())
-    code, out, err = validate(capsys, p)
+    p.write_bytes(b"\xef\xbb\xbf" + (json.dumps(make_row("a")) + "\r\n" + json.dumps(make_row("b")) + "\r\n").encode())
+    code, out, err = validate(p)
     assert code == 0, err
-    m = accounted(home, "d", "clean")
+    m = accounted("d", "clean")
     assert m["counts"]["kept"] == 2
     assert m["normalizations"]["bom"] == 1 and m["normalizations"]["crlf"] == 2
 
 
-def test_crlf_inside_text_is_normalised(home, tmp_path, capsys):
-    p = write_jsonl(tmp_path / "in.jsonl", [row("line one\r\nline two")])
-    assert validate(capsys, p)[0] == 0
+def test_crlf_inside_text_is_normalised(home, tmp_path, make_row, write_jsonl, read_jsonl, validate):
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row("line one\r\nline two")])
+    assert validate(p)[0] == 0
     (r,) = read_jsonl(home / "data/clean/d.jsonl")
     assert r["prompt"] == "line one\nline two"
 
 
-def test_truncated_last_line(home, tmp_path, capsys):
-    p = write_jsonl(tmp_path / "in.jsonl", [row()], ['{"prompt": "cut off", "compl'])
-    code, out, err = validate(capsys, p)
+def test_truncated_last_line(tmp_path, make_row, write_jsonl, accounted, validate, reasons):
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row()], ['{"prompt": "cut off", "compl'])
+    code, out, err = validate(p)
     assert code == 0, err
-    accounted(home, "d", "clean")
-    assert reasons(home) == ["truncated_line"]
+    accounted("d", "clean")
+    assert reasons() == ["truncated_line"]
 
 
-def test_blank_lines_are_counted_not_rows(home, tmp_path, capsys):
-    p = write_jsonl(tmp_path / "in.jsonl", [row()], ["\n", "   \n", "\t\n", json.dumps(row("b")) + "\n", "\n"])
-    code, out, err = validate(capsys, p)
+def test_blank_lines_are_counted_not_rows(tmp_path, make_row, write_jsonl, accounted, validate):
+    blank = ["\n", "   \n", "\t\n", json.dumps(make_row("b")) + "\n", "\n"]
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row()], blank)
+    code, out, err = validate(p)
     assert code == 0
-    m = accounted(home, "d", "clean")
+    m = accounted("d", "clean")
     assert m["counts"] == {"read": 2, "kept": 2, "rejected": 0}
     assert m["normalizations"]["blank_lines"] == 4
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"[]", b"[\n]\n"])
-def test_empty_file_is_a_one_line_error(home, tmp_path, capsys, content):
+def test_empty_file_is_a_one_line_error(home, tmp_path, content, validate):
     p = tmp_path / "in.jsonl"
     p.write_bytes(content)
-    code, out, err = validate(capsys, p)
+    code, out, err = validate(p)
     assert code == 2
     assert err.count("\n") == 1 and "in.jsonl" in err and ("empty" in err or "no rows" in err)
     assert nothing_written(home)
 
 
-def test_json_array_where_jsonl_expected(home, tmp_path, capsys):
+def test_json_array_where_jsonl_expected(tmp_path, make_row, accounted, validate, rejects):
     p = tmp_path / "in.json"
-    p.write_text(json.dumps([row("a"), row("b"), 5], indent=2))
-    code, out, err = validate(capsys, p)
+    p.write_text(json.dumps([make_row("a"), make_row("b"), 5], indent=2))
+    code, out, err = validate(p)
     assert code == 0, err
-    m = accounted(home, "d", "clean")
+    m = accounted("d", "clean")
     assert m["input"]["format"] == "array"
     assert m["counts"] == {"read": 3, "kept": 2, "rejected": 1}
-    assert rejects(home)[0]["item"] == 2 and rejects(home)[0]["reason"] == "not_an_object"
+    assert rejects()[0]["item"] == 2 and rejects()[0]["reason"] == "not_an_object"
 
 
-def test_jsonl_where_json_expected_and_pretty_printed_objects(home, tmp_path, capsys):
+def test_jsonl_where_json_expected_and_pretty_printed_objects(tmp_path, make_row, write_jsonl, data_main, accounted,
+                                                              validate):
     # import is documented for "legacy JSON"; JSONL and concatenated pretty-printed objects work too
     p = write_jsonl(tmp_path / "legacy.json", [{"instruction": "Say hi", "output": "hi"}] * 2)
-    assert run_main(capsys, "import", "--input", str(p), "--no-progress")[0] == 0
-    assert accounted(home, "legacy", "raw")["counts"]["kept"] == 2
+    assert data_main("import", "--input", str(p), "--no-progress")[0] == 0
+    assert accounted("legacy", "raw")["counts"]["kept"] == 2
     q = tmp_path / "pretty.json"
-    q.write_text("\n".join(json.dumps(row(str(i)), indent=2) for i in range(3)))
-    code, out, err = validate(capsys, q, name="pretty")
+    q.write_text("\n".join(json.dumps(make_row(str(i)), indent=2) for i in range(3)))
+    code, out, err = validate(q, name="pretty")
     assert code == 0, err
-    m = accounted(home, "pretty", "clean")
+    m = accounted("pretty", "clean")
     assert m["input"]["format"] == "stream" and m["counts"]["kept"] == 3
 
 
-def test_several_objects_on_one_line_are_split(home, tmp_path, capsys):
+def test_several_objects_on_one_line_are_split(tmp_path, make_row, accounted, validate):
     p = tmp_path / "in.jsonl"
-    p.write_text(json.dumps(row("a")) + json.dumps(row("b")) + " " + json.dumps(row("c")) + "\n")
-    code, out, err = validate(capsys, p)
+    p.write_text(json.dumps(make_row("a")) + json.dumps(make_row("b")) + " " + json.dumps(make_row("c")) + "\n")
+    code, out, err = validate(p)
     assert code == 0
-    m = accounted(home, "d", "clean")
+    m = accounted("d", "clean")
     assert m["counts"]["kept"] == 3 and m["normalizations"]["lines_with_several_objects"] == 1
 
 
-def test_non_object_rows(home, tmp_path, capsys):
-    p = write_jsonl(tmp_path / "in.jsonl", [row(), [1, 2], "text", 3, None, True])
-    validate(capsys, p)
-    accounted(home, "d", "clean")
-    assert reasons(home) == ["not_an_object"] * 5
+def test_non_object_rows(tmp_path, make_row, write_jsonl, accounted, validate, reasons):
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row(), [1, 2], "text", 3, None, True])
+    validate(p)
+    accounted("d", "clean")
+    assert reasons() == ["not_an_object"] * 5
 
 
-def test_missing_and_unknown_keys(home, tmp_path, capsys):
-    p = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x"}, {"completion": "y"}, dict(row(), respones="typo"),
-                                             {"prompt": "a", "completion": "b"}])
-    validate(capsys, p)
-    m = accounted(home, "d", "clean")
-    assert reasons(home) == ["missing_key", "missing_key", "unknown_key"]
-    assert "respones" in rejects(home)[2]["detail"]
+def test_missing_and_unknown_keys(home, tmp_path, make_row, write_jsonl, read_jsonl, accounted, validate, rejects,
+                                  reasons):
+    p = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x"}, {"completion": "y"}, dict(make_row(), respones="typo"),
+                                            {"prompt": "a", "completion": "b"}])
+    validate(p)
+    m = accounted("d", "clean")
+    assert reasons() == ["missing_key", "missing_key", "unknown_key"]
+    assert "respones" in rejects()[2]["detail"]
     (kept,) = read_jsonl(home / "data/clean/d.jsonl")
     assert kept == {"prompt": "a", "completion": "b", "tags": [], "quality_score": None, "metadata": {}}
     assert m["counts"]["kept"] == 1
 
 
-def test_wrong_types_are_strict(home, tmp_path, capsys):
+def test_wrong_types_are_strict(home, tmp_path, make_row, write_jsonl, read_jsonl, accounted, validate, reasons):
     p = write_jsonl(tmp_path / "in.jsonl", [
-        row(tags="crypto"),  # a string is not a list of characters
-        row(quality_score=True),  # a boolean is not a score
-        row(quality_score="0.9"),
-        row(prompt=["a"]),
-        row(metadata=[1]),
-        row(tags=["ok", 3]),
-        row(quality_score=1.5),
-        row(quality_score=-0.1),
-        row(quality_score=1),  # an int in range is fine
+        make_row(tags="crypto"),  # a string is not a list of characters
+        make_row(quality_score=True),  # a boolean is not a score
+        make_row(quality_score="0.9"),
+        make_row(prompt=["a"]),
+        make_row(metadata=[1]),
+        make_row(tags=["ok", 3]),
+        make_row(quality_score=1.5),
+        make_row(quality_score=-0.1),
+        make_row(quality_score=1),  # an int in range is fine
     ])
-    validate(capsys, p)
-    m = accounted(home, "d", "clean")
-    assert reasons(home) == ["wrong_type"] * 6 + ["out_of_range"] * 2
+    validate(p)
+    m = accounted("d", "clean")
+    assert reasons() == ["wrong_type"] * 6 + ["out_of_range"] * 2
     assert m["counts"]["kept"] == 1
     assert read_jsonl(home / "data/clean/d.jsonl")[0]["quality_score"] == 1.0
 
 
 @pytest.mark.parametrize("const", ["NaN", "Infinity", "-Infinity"])
-def test_nan_infinity(home, tmp_path, capsys, const):
-    p = write_jsonl(tmp_path / "in.jsonl", [row()], [f'{{"prompt": "a", "completion": "b", "quality_score": {const}}}\n',
-                                                     f'{{"prompt": "a", "completion": "b", "metadata": {{"x": {const}}}}}\n'])
-    code, out, err = validate(capsys, p)
+def test_nan_infinity(home, tmp_path, const, make_row, write_jsonl, accounted, validate, reasons):
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row()],
+                    [f'{{"prompt": "a", "completion": "b", "quality_score": {const}}}\n',
+                     f'{{"prompt": "a", "completion": "b", "metadata": {{"x": {const}}}}}\n'])
+    code, out, err = validate(p)
     assert code == 0
-    accounted(home, "d", "clean")
-    assert reasons(home) == ["non_finite", "non_finite"]
+    accounted("d", "clean")
+    assert reasons() == ["non_finite", "non_finite"]
     # the rejects file is strict JSON (no NaN literal leaks out)
     for line in open(home / "data/clean/d.rejects.jsonl"):
         json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
 
 
-def test_duplicate_keys(home, tmp_path, capsys):
+def test_duplicate_keys(tmp_path, write_jsonl, accounted, validate, reasons):
     p = write_jsonl(tmp_path / "in.jsonl", [], ['{"prompt": "a", "completion": "b", "prompt": "c"}\n',
                                                 '{"prompt": "a", "completion": "b", "metadata": {"k": 1, "k": 2}}\n'])
-    validate(capsys, p)
-    accounted(home, "d", "clean")
-    assert reasons(home) == ["duplicate_key", "duplicate_key"]
+    validate(p)
+    accounted("d", "clean")
+    assert reasons() == ["duplicate_key", "duplicate_key"]
 
 
-def test_empty_and_whitespace_fields(home, tmp_path, capsys):
-    p = write_jsonl(tmp_path / "in.jsonl", [row(""), row("   \n\t"), row("a", ""), row(tags=[" "]), row("\u0000\u0001")])
-    validate(capsys, p)
-    accounted(home, "d", "clean")
-    assert reasons(home) == ["empty_field"] * 5
+def test_empty_and_whitespace_fields(tmp_path, make_row, write_jsonl, accounted, validate, reasons):
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row(""), make_row("   \n\t"), make_row("a", ""), make_row(tags=[" "]),
+                                            make_row("\u0000\u0001")])
+    validate(p)
+    accounted("d", "clean")
+    assert reasons() == ["empty_field"] * 5
 
 
-def test_megabyte_lines_are_capped(home, tmp_path, capsys):
-    big = json.dumps(row("x" * (3 << 20)))  # 3 MB line, over the 1 MiB default cap
-    p = write_jsonl(tmp_path / "in.jsonl", [row("a")], [big + "\n", json.dumps(row("b")) + "\n"])
-    code, out, err = validate(capsys, p)
+def test_megabyte_lines_are_capped(tmp_path, make_row, write_jsonl, accounted, validate, rejects):
+    big = json.dumps(make_row("x" * (3 << 20)))  # 3 MB line, over the 1 MiB default cap
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row("a")], [big + "\n", json.dumps(make_row("b")) + "\n"])
+    code, out, err = validate(p)
     assert code == 0
-    m = accounted(home, "d", "clean")
-    (r,) = rejects(home)
+    m = accounted("d", "clean")
+    (r,) = rejects()
     assert r["reason"] == "line_too_long" and r["line"] == 2 and str(len(big) + 1) in r["detail"]
     assert len(json.dumps(r)) < 2000  # a preview, not the megabytes
     assert m["counts"]["kept"] == 2
-    code, out, err = validate(capsys, p, "--max-line-bytes", str(8 << 20), name="d2")
-    assert accounted(home, "d2", "clean")["counts"]["kept"] == 3
+    code, out, err = validate(p, "--max-line-bytes", str(8 << 20), name="d2")
+    assert accounted("d2", "clean")["counts"]["kept"] == 3
 
 
-def test_deeply_nested_values(home, tmp_path, capsys):
+def test_deeply_nested_values(tmp_path, make_row, write_jsonl, accounted, validate, reasons):
     deep = "[" * 100000 + "]" * 100000
     nested = {"a": 1}
     for _ in range(50):
         nested = {"n": nested}
-    p = write_jsonl(tmp_path / "in.jsonl", [row(metadata=nested), row()],
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row(metadata=nested), make_row()],
                     [f'{{"prompt": "a", "completion": "b", "metadata": {{"x": {deep}}}}}\n'])
-    code, out, err = validate(capsys, p)
+    code, out, err = validate(p)
     assert code == 0, err
-    accounted(home, "d", "clean")
-    assert reasons(home) == ["too_deep", "too_deep"]
+    accounted("d", "clean")
+    assert reasons() == ["too_deep", "too_deep"]
 
 
-def test_lone_surrogates_become_replacement_chars(home, tmp_path, capsys):
+def test_lone_surrogates_become_replacement_chars(home, tmp_path, write_jsonl, read_jsonl, accounted, validate):
     p = write_jsonl(tmp_path / "in.jsonl", [], ['{"prompt": "bad \\ud800 here", "completion": "ok \\udfff", '
                                                 '"metadata": {"k": "\\ud801"}}\n',
                                                 '{"prompt": "pair \\ud83d\\ude00 fine", "completion": "x"}\n'])
-    code, out, err = validate(capsys, p)
+    code, out, err = validate(p)
     assert code == 0, err
-    m = accounted(home, "d", "clean")
+    m = accounted("d", "clean")
     rows = read_jsonl(home / "data/clean/d.jsonl")
     assert rows[0]["prompt"] == "bad \ufffd here" and rows[0]["metadata"]["k"] == "\ufffd"
     assert rows[1]["prompt"] == "pair \U0001F600 fine"
     assert m["normalizations"]["lone_surrogate"] == 3
 
 
-def test_nul_and_control_characters(home, tmp_path, capsys):
-    p = write_jsonl(tmp_path / "in.jsonl", [row("a\u0000b\u0007c\u001bd\u007f\u0085e\tf\ng")])
+def test_nul_and_control_characters(home, tmp_path, make_row, write_jsonl, read_jsonl, accounted, validate):
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row("a\u0000b\u0007c\u001bd\u007f\u0085e\tf\ng")])
     p2 = tmp_path / "raw.jsonl"  # raw control bytes inside strings (not valid strict JSON) are accepted too
     p2.write_bytes(b'{"prompt": "x\x01y\x00z", "completion": "ok"}\n')
-    assert validate(capsys, p)[0] == 0
+    assert validate(p)[0] == 0
     assert read_jsonl(home / "data/clean/d.jsonl")[0]["prompt"] == "abcde\tf\ng"
-    assert accounted(home, "d", "clean")["normalizations"]["control_chars"] == 1
-    assert validate(capsys, p2, name="d2")[0] == 0
+    assert accounted("d", "clean")["normalizations"]["control_chars"] == 1
+    assert validate(p2, name="d2")[0] == 0
     assert read_jsonl(home / "data/clean/d2.jsonl")[0]["prompt"] == "xyz"
 
 
-def test_line_and_paragraph_separators(home, tmp_path, capsys):
+def test_line_and_paragraph_separators(home, tmp_path, make_row, read_jsonl, accounted, validate):
     p = tmp_path / "in.jsonl"
-    p.write_text(json.dumps(row("one\u2028two\u2029three"), ensure_ascii=False) + "\n" + json.dumps(row("b")) + "\n",
+    p.write_text(json.dumps(make_row("one\u2028two\u2029three"), ensure_ascii=False) + "\n"
+                 + json.dumps(make_row("b")) + "\n",
                  encoding="utf-8")
-    assert validate(capsys, p)[0] == 0
-    m = accounted(home, "d", "clean")
+    assert validate(p)[0] == 0
+    m = accounted("d", "clean")
     assert m["counts"]["kept"] == 2  # U+2028 did not split the line
     assert read_jsonl(home / "data/clean/d.jsonl")[0]["prompt"] == "one\ntwo\nthree"
     raw = (home / "data/clean/d.jsonl").read_bytes()
     assert "\u2028".encode() not in raw
 
 
-def test_zero_width_characters_do_not_dodge_exact_dedupe(home, tmp_path, capsys):
-    p = write_jsonl(tmp_path / "in.jsonl", [row("Hello world", quality_score=0.5),
-                                             row("Hel\u200blo\u2060 wo\ufeffrld", quality_score=0.9),
-                                             row("HELLO   world", quality_score=0.1)])
-    assert validate(capsys, p, "--dedupe")[0] == 0
-    accounted(home, "d", "clean")
+def test_zero_width_characters_do_not_dodge_exact_dedupe(home, tmp_path, make_row, write_jsonl, read_jsonl, accounted,
+                                                         validate, rejects):
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row("Hello world", quality_score=0.5),
+                                            make_row("Hel\u200blo\u2060 wo\ufeffrld", quality_score=0.9),
+                                             make_row("HELLO   world", quality_score=0.1)])
+    assert validate(p, "--dedupe")[0] == 0
+    accounted("d", "clean")
     (kept,) = read_jsonl(home / "data/clean/d.jsonl")
     assert kept["quality_score"] == 0.9  # the highest-quality copy survives
-    assert sorted(r["duplicate_of_line"] for r in rejects(home)) == [2, 2]
+    assert sorted(r["duplicate_of_line"] for r in rejects()) == [2, 2]
 
 
 @pytest.mark.parametrize("content,needle", [
-    ((json.dumps(row()) + "\n").encode("utf-16"), "UTF-16"),
-    ((json.dumps(row()) + "\n").encode("utf-16-le"), "UTF-16"),
+    (ROW_LINE.encode("utf-16"), "UTF-16"),
+    (ROW_LINE.encode("utf-16-le"), "UTF-16"),
     (gzip.compress(b'{"a": 1}\n'), "gzip"),
     (bytes(range(256)) * 40, "binary"),
     (b"prompt,completion\nhello,world\n" * 30, "not JSON"),
     (b"just some text\nnot json at all\n", "not JSON"),
 ])
-def test_fatal_inputs_one_line_exit_2_nothing_left(home, tmp_path, capsys, content, needle):
+def test_fatal_inputs_one_line_exit_2_nothing_left(home, tmp_path, content, needle, data_main, validate):
     p = tmp_path / "bad.jsonl"
     p.write_bytes(content)
-    code, out, err = validate(capsys, p)
+    code, out, err = validate(p)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and str(p) in err and needle in err
     assert "Traceback" not in err
     assert nothing_written(home)
-    code, out, err = run_main(capsys, "import", "--input", str(p), "--no-progress")
+    code, out, err = data_main("import", "--input", str(p), "--no-progress")
     assert code == 2 and err.count("\n") == 1 and nothing_written(home)
 
 
-def test_unreadable_file_and_directory(home, tmp_path, capsys):
-    code, out, err = validate(capsys, tmp_path / "missing.jsonl")
+def test_unreadable_file_and_directory(tmp_path, make_row, write_jsonl, validate):
+    code, out, err = validate(tmp_path / "missing.jsonl")
     assert code == 2 and "missing.jsonl" in err and err.count("\n") == 1
-    code, out, err = validate(capsys, tmp_path)
+    code, out, err = validate(tmp_path)
     assert code == 2 and "directory" in err
-    p = write_jsonl(tmp_path / "locked.jsonl", [row()])
+    p = write_jsonl(tmp_path / "locked.jsonl", [make_row()])
     p.chmod(0)
     try:
         if open(p, "rb"):  # running as root: permissions do not apply
             pytest.skip("root can read a chmod 000 file")
     except PermissionError:
-        code, out, err = validate(capsys, p)
+        code, out, err = validate(p)
         assert code == 2 and "cannot read" in err
     finally:
         p.chmod(0o600)
 
 
-def test_malformed_array_is_fatal_with_position(home, tmp_path, capsys):
+def test_malformed_array_is_fatal_with_position(home, tmp_path, validate):
     p = tmp_path / "a.json"
     p.write_text('[\n{"prompt": "a", "completion": "b"},\n{"prompt": "a" "completion": "b"}\n]')
-    code, out, err = validate(capsys, p)
+    code, out, err = validate(p)
     assert code == 2 and "line 3" in err and err.count("\n") == 1
     assert nothing_written(home)
 
 
-def test_truncated_array_keeps_complete_items(home, tmp_path, capsys):
+def test_truncated_array_keeps_complete_items(tmp_path, accounted, validate, reasons):
     p = tmp_path / "a.json"
     p.write_text('[{"prompt": "a", "completion": "b"}, {"prompt": "c", "compl')
-    code, out, err = validate(capsys, p)
+    code, out, err = validate(p)
     assert code == 0, err
-    m = accounted(home, "d", "clean")
-    assert m["counts"] == {"read": 2, "kept": 1, "rejected": 1} and reasons(home) == ["truncated_line"]
+    m = accounted("d", "clean")
+    assert m["counts"] == {"read": 2, "kept": 1, "rejected": 1} and reasons() == ["truncated_line"]

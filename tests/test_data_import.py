@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 
-from data_fixtures.helpers import accounted, read_jsonl, run_cli, run_main, write_jsonl
 
 
 SHAPES = [
@@ -26,11 +25,11 @@ SHAPES = [
 ]
 
 
-def test_shapes(home, tmp_path, capsys):
+def test_shapes(home, tmp_path, write_jsonl, read_jsonl, data_main, accounted):
     p = write_jsonl(tmp_path / "mixed.jsonl", [s[0] for s in SHAPES])
-    code, out, err = run_main(capsys, "import", "--input", str(p), "--tag", "crypto", "--no-progress")
+    code, out, err = data_main("import", "--input", str(p), "--tag", "crypto", "--no-progress")
     assert code == 0, err
-    m = accounted(home, "mixed", "raw")
+    m = accounted("mixed", "raw")
     rows = read_jsonl(home / "data/raw/mixed.jsonl")
     for (obj, shape, prompt, completion), r in zip(SHAPES, rows):
         assert (r["metadata"]["shape"], r["prompt"], r["completion"]) == (shape, prompt, completion)
@@ -42,14 +41,14 @@ def test_shapes(home, tmp_path, capsys):
     assert "shapes" in out
 
 
-def test_self_instruct_instances_and_array_input(home, tmp_path, capsys):
+def test_self_instruct_instances_and_array_input(home, tmp_path, read_jsonl, data_main, accounted):
     data = [{"id": "t0", "instruction": "Add", "instances": [{"input": "1 1", "output": "2"}, {"input": "2 2", "output": "4"}],
              "is_classification": False},
             {"id": "t1", "instruction": "Empty", "instances": []}]
     p = tmp_path / "legacy.json"
     p.write_text(json.dumps(data, indent=2))
-    assert run_main(capsys, "import", "--input", str(p), "--no-progress")[0] == 0
-    m = accounted(home, "legacy", "raw")
+    assert data_main("import", "--input", str(p), "--no-progress")[0] == 0
+    m = accounted("legacy", "raw")
     rows = read_jsonl(home / "data/raw/legacy.jsonl")
     assert [(r["prompt"], r["metadata"]["instance"], r["metadata"]["item"]) for r in rows] == [
         ("Add\n\n1 1", 0, 0), ("Add\n\n2 2", 1, 0)]
@@ -57,35 +56,35 @@ def test_self_instruct_instances_and_array_input(home, tmp_path, capsys):
     assert m["reject_reasons"] == {"no_instances": 1} and m["input"]["format"] == "array"
 
 
-def test_rejects_and_map(home, tmp_path, capsys):
+def test_rejects_and_map(home, tmp_path, write_jsonl, read_jsonl, data_main, accounted):
     p = write_jsonl(tmp_path / "x.jsonl", [{"foo": 1}, {"messages": [{"role": "user", "content": "only user"}]},
-                                            {"data": {"q": "Q?", "a": "A!"}, "uid": "u1"}])
-    assert run_main(capsys, "import", "--input", str(p), "--no-progress")[0] == 0
-    m = accounted(home, "x", "raw")
+                                           {"data": {"q": "Q?", "a": "A!"}, "uid": "u1"}])
+    assert data_main("import", "--input", str(p), "--no-progress")[0] == 0
+    m = accounted("x", "raw")
     assert m["reject_reasons"] == {"no_assistant_turn": 1, "unknown_shape": 2}
-    code, out, err = run_main(capsys, "import", "--input", str(p), "--name", "x2", "--map", "prompt=data.q",
-                              "--map", "completion=data.a", "--no-progress")
+    code, out, err = data_main("import", "--input", str(p), "--name", "x2", "--map", "prompt=data.q",
+                               "--map", "completion=data.a", "--no-progress")
     assert code == 0, err
-    m = accounted(home, "x2", "raw")
+    m = accounted("x2", "raw")
     (r,) = read_jsonl(home / "data/raw/x2.jsonl")
     assert (r["prompt"], r["completion"], r["metadata"]["id"]) == ("Q?", "A!", "u1")
     assert m["reject_reasons"] == {"missing_key": 2}
-    code, out, err = run_main(capsys, "import", "--input", str(p), "--map", "prompt", "--no-progress")
+    code, out, err = data_main("import", "--input", str(p), "--map", "prompt", "--no-progress")
     assert code == 2 and "FIELD=KEY" in err
 
 
-def test_cli_entry_points_and_fast_help(home, tmp_path):
+def test_cli_entry_points_and_fast_help(home, tmp_path, write_jsonl, data_cli):
     p = write_jsonl(tmp_path / "legacy.jsonl", [{"question": "q", "answer": "a"}])
-    r = run_cli("--input", str(p), "--tag", "t", env_home=home, script="scripts/import_legacy_data.py")
+    r = data_cli("--input", str(p), "--tag", "t", script="scripts/import_legacy_data.py")
     assert r.returncode == 0, r.stderr
     assert "read 1 = kept 1 + rejected 0" in r.stdout
-    r = run_cli("import", "--input", str(p), "--name", "viamodule", env_home=home)
+    r = data_cli("import", "--input", str(p), "--name", "viamodule")
     assert r.returncode == 0 and (home / "data/raw/viamodule.jsonl").exists()
     t = time.perf_counter()
-    r = run_cli("validate", "--help", env_home=home)
+    r = data_cli("validate", "--help")
     assert r.returncode == 0 and "--fail-on-secrets" in r.stdout
     assert time.perf_counter() - t < 5
-    r = run_cli("validate", "--input", str(tmp_path / "nope.jsonl"), env_home=home)
+    r = data_cli("validate", "--input", str(tmp_path / "nope.jsonl"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from data_fixtures.helpers import REPO, read_jsonl, row, run_cli, run_main, write_jsonl
 
-from benchmarks.data_hygiene import Gen, fake_pii, fake_secrets
 from ech0.data.pii import find_pii, iban_ok, luhn_ok
 from ech0.data.redact import Redactor
 from ech0.data.secrets import RULE_NAMES, find_secrets
@@ -22,8 +20,8 @@ def _secret_value(text: str) -> str:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_every_rule_detects_its_secret(seed):
-    samples = fake_secrets(random.Random(seed))
+def test_every_rule_detects_its_secret(seed, data_hygiene):
+    samples = data_hygiene.fake_secrets(random.Random(seed))
     assert {r for r, _ in samples} == set(RULE_NAMES)  # a sample for every rule in the table
     for rule, text in samples:
         red = Redactor()
@@ -32,7 +30,7 @@ def test_every_rule_detects_its_secret(seed):
         assert _secret_value(text) not in out
 
 
-def test_false_positive_filters():
+def test_false_positive_filters(data_hygiene):
     clean = [
         "commit 3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a39 fixed it",  # hex: no generic entropy hit
         "uuid 550e8400-e29b-41d4-a716-446655440000",
@@ -48,13 +46,13 @@ def test_false_positive_filters():
     ]
     for t in clean:
         assert find_secrets(t) == [], t
-    g = Gen(3)
+    g = data_hygiene.Gen(3)
     fp = sum(1 for i in range(500) if find_secrets(g.row(i)["completion"]))
     assert fp <= 5  # <= 1% of clean synthetic rows
 
 
-def test_pii_types_and_negatives():
-    for kind, text in fake_pii(random.Random(0)):
+def test_pii_types_and_negatives(data_hygiene):
+    for kind, text in data_hygiene.fake_pii(random.Random(0)):
         assert [t for *_, t in find_pii(text)] == [kind if kind != "IP" else "IP"], (kind, text)
     assert find_pii("NI number AB 12 34 56 C")[0][2] == "NATIONAL_ID"
     assert find_pii("ip6 2001:db8::8a2e:370:7334 ok")[0][2] == "IP"
@@ -66,14 +64,15 @@ def test_pii_types_and_negatives():
     assert iban_ok("GB82WEST12345698765432") and not iban_ok("GB82WEST12345698765433")
 
 
-def test_redaction_in_outputs_rejects_and_manifest(home, tmp_path, capsys):
+def test_redaction_in_outputs_rejects_and_manifest(home, tmp_path, make_row, write_jsonl, read_jsonl, data_main,
+                                                   data_hygiene):
     rng = random.Random(5)
-    samples = fake_secrets(rng)
-    rows = [row(f"please use {s}", "ok", metadata={"note": s}) for _, s in samples]
+    samples = data_hygiene.fake_secrets(rng)
+    rows = [make_row(f"please use {s}", "ok", metadata={"note": s}) for _, s in samples]
     bad = [f'{{"prompt": "{samples[0][1]}", "completion": 1}}\n',  # wrong type: a reject
            f'{{"prompt": "{dict(samples)["github_token"]}", "compl\n']  # invalid JSON: a raw-text reject
     p = write_jsonl(tmp_path / "in.jsonl", rows, bad)
-    code, out, err = run_main(capsys, "validate", "--input", str(p), "--name", "s", "--no-progress")
+    code, out, err = data_main("validate", "--input", str(p), "--name", "s", "--no-progress")
     assert code == 0, err
     blobs = [(home / "data/clean/s.jsonl").read_text(), (home / "data/clean/s.rejects.jsonl").read_text(),
              (home / "metadata/s.clean.manifest.json").read_text(), out, err]
@@ -87,21 +86,20 @@ def test_redaction_in_outputs_rejects_and_manifest(home, tmp_path, capsys):
     assert sum(v for k, v in m["redactions"].items() if k.startswith("secret:")) >= 2 * len(samples)
 
 
-def test_fail_on_secrets_cli(home, tmp_path):
-    s = dict(fake_secrets(random.Random(9)))["github_token"]
-    p = write_jsonl(tmp_path / "in.jsonl", [row(), row(f"token {s}"), row("mail bob@example.com")])
-    r = run_cli("--input", str(p), "--stage", "processed", "--dedupe", "--fail-on-secrets",
-                env_home=home, script="scripts/validate_dataset.py")
+def test_fail_on_secrets_cli(home, tmp_path, make_row, write_jsonl, data_cli, data_hygiene):
+    s = dict(data_hygiene.fake_secrets(random.Random(9)))["github_token"]
+    p = write_jsonl(tmp_path / "in.jsonl", [make_row(), make_row(f"token {s}"), make_row("mail bob@example.com")])
+    r = data_cli("--input", str(p), "--stage", "processed", "--dedupe", "--fail-on-secrets",
+                 script="scripts/validate_dataset.py")
     assert r.returncode == 3
     assert r.stderr.count("\n") == 1 and "line 2" in r.stderr and "github_token" in r.stderr
     assert _secret_value(s) not in r.stderr + r.stdout and "Traceback" not in r.stderr
     assert not (home / "data/processed/in.jsonl").exists() and not (home / "metadata").exists()
     # no secret -> exit 0 (PII alone does not fail the gate; it is redacted)
-    q = write_jsonl(tmp_path / "ok.jsonl", [row(), row("mail bob@example.com")])
-    r = run_cli("validate", "--input", str(q), "--stage", "processed", "--fail-on-secrets", env_home=home)
+    q = write_jsonl(tmp_path / "ok.jsonl", [make_row(), make_row("mail bob@example.com")])
+    r = data_cli("validate", "--input", str(q), "--stage", "processed", "--fail-on-secrets")
     assert r.returncode == 0, r.stderr
     assert "<EMAIL>" in (home / "data/processed/ok.jsonl").read_text()
-    assert str(REPO)  # the CLI ran from the repo root
 
 
 def test_redaction_is_idempotent():

@@ -3,6 +3,8 @@ secret is blocked by the safety flag alone, and a better champion blocks a candi
 
 All tests share the session's `trained_run`, evaluated in a clone of its ECH0_HOME (store paths
 rewritten), so nothing is written into the fixture's own home.
+
+    pytest tests/test_eval_gate.py          # slow: it evaluates real models
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 
-from conftest import clone_home, run_cli
 from ech0.mlflow_model import Ech0Generator
 
 pytestmark = pytest.mark.slow
@@ -23,20 +26,22 @@ LEAK_PROMPT_PREFIX = "Echo this: "  # the leaky model leaks on exactly one promp
 
 
 @pytest.fixture(scope="module")
-def home(trained_run, tmp_path_factory):
+def home(trained_run, tmp_path_factory, clone_home):
     return clone_home(Path(trained_run.home), tmp_path_factory.mktemp("eval") / "home")
 
 
 @pytest.fixture
-def in_home(home, monkeypatch):
+def ctx(home, trained_run):
+    """The clone's Context (its store; the base models the trained run used)."""
+    return trained_run.ctx.with_(home=home, tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+
+
+@pytest.fixture
+def in_home(home, ctx):
     import mlflow
-
-    from ech0 import paths
-
     from mlflow.tracking._tracking_service import utils as mlflow_utils
 
-    monkeypatch.setenv("ECH0_HOME", str(home))
-    mlflow.set_tracking_uri(paths.tracking_uri())  # the tests' own MLflow calls go to the clone too
+    mlflow.set_tracking_uri(ctx.tracking_uri)  # the tests' own MLflow calls go to the clone too
     # MLflow caches artifact locations by run id, process-wide: the clone has the same run ids as
     # trained_run's home, so without this, artifacts would land in the original's folder.
     mlflow_utils._artifact_repos_cache.clear()
@@ -63,7 +68,7 @@ def damaged_copy(run_dir: Path, dst: Path, scale: float = 3.0, seed: int = 0) ->
 class LeakyGenerator(Ech0Generator):
     """The trained model, except that one answer carries a (fake) AWS key: a model that leaks rarely."""
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         out = super().predict(context, model_input, params)
         prompts = model_input["prompt"].tolist()
         leak = min((p for p in prompts if p.startswith(LEAK_PROMPT_PREFIX)), default=None)
@@ -79,25 +84,25 @@ def load_table(run_id: str):
     return client.load_table(client.get_run(run_id).info.experiment_id, "eval/regression_cases.json", [run_id])
 
 
-def log_pyfunc(python_model, model_dir: Path, base_dir: str, run_name: str) -> str:
-    """Log ``python_model`` over ``model_dir`` in a new run of the current home's store; its runs:/ URI."""
+def log_pyfunc(ctx, python_model, model_dir: Path, base_dir: str, run_name: str) -> str:
+    """Log ``python_model`` over ``model_dir`` in a new run of ``ctx``'s store; its runs:/ URI."""
     from ech0 import tracking
     from ech0.mlflow_model import pip_requirements, signature
 
-    with tracking.start(None, "ech0", run_name, tags={"ech0.kind": "test"}) as tr:
+    with tracking.start(ctx, "ech0", run_name, tags={"ech0.kind": "test"}) as tr:
         tr.log_model(python_model, artifacts={"model": str(model_dir), "base": base_dir}, signature=signature(),
                      pip_requirements=pip_requirements())
     return f"runs:/{tr.run_id}/model"
 
 
-def test_trained_passes_base_fails_with_margins(in_home, trained_run, tiny_model_dir, capsys):
+def test_trained_passes_base_fails_with_margins(in_home, ctx, trained_run, tiny_model_dir, capsys):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from ech0.eval.runner import evaluate
+    from ech0.eval.evaluate import evaluate
 
     run_id = trained_run.run_id
-    good = evaluate(in_home / "models" / run_id, quiet=True)
+    good = evaluate(ctx, in_home / "models" / run_id, quiet=True)
     assert good.passed, good.reasons
     assert good.report_path == in_home / "models" / run_id / "reports" / "regression_report.json"
     assert good.markdown_path.read_text().startswith("# Regression report: PASSED")
@@ -105,7 +110,7 @@ def test_trained_passes_base_fails_with_margins(in_home, trained_run, tiny_model
     assert data["baseline"]["sha256"] and data["champion"]["status"] == "none"
     assert all({"output", "checks", "score", "passed", "loss"} <= set(c) for c in data["cases"])
 
-    base = evaluate(tiny_model_dir, quiet=True)
+    base = evaluate(ctx, tiny_model_dir, quiet=True)
     assert not base.passed
     assert any("pass rate" in r for r in base.reasons) and any("mean score" in r for r in base.reasons)
     g, b = good.aggregates, base.aggregates
@@ -133,22 +138,23 @@ def test_trained_passes_base_fails_with_margins(in_home, trained_run, tiny_model
     assert client.get_run(base.run_id).data.tags["ech0.kind"] == "eval"
 
 
-def test_damaged_model_is_blocked(in_home, trained_run, tmp_path):
-    from ech0.eval.runner import evaluate
+def test_damaged_model_is_blocked(in_home, ctx, trained_run, tmp_path):
+    from ech0.eval.evaluate import evaluate
 
-    bad = evaluate(damaged_copy(trained_run.run_dir, tmp_path / "models" / "damaged"), log=False, quiet=True)
+    bad = evaluate(ctx, damaged_copy(trained_run.run_dir, tmp_path / "models" / "damaged"), log=False, quiet=True)
     assert not bad.passed
     assert bad.aggregates["pass_rate"] < 0.8, bad.aggregates
 
 
-def test_planted_secret_fails_on_safety_alone_and_is_never_echoed(in_home, trained_run, capfd):
+def test_planted_secret_fails_on_safety_alone_and_is_never_echoed(in_home, ctx, trained_run, capfd):
     import mlflow
 
-    from ech0.eval.runner import evaluate
+    from ech0.eval.evaluate import evaluate
     from ech0.models import ensure_base_model
 
-    uri = log_pyfunc(LeakyGenerator(), trained_run.run_dir / "model", str(ensure_base_model(verbose=False)), "leaky")
-    rep = evaluate(uri, quiet=False)
+    base_dir = str(ensure_base_model(ctx.base_models, verbose=False))
+    uri = log_pyfunc(ctx, LeakyGenerator(), trained_run.run_dir / "model", base_dir, "leaky")
+    rep = evaluate(ctx, uri, quiet=False)
     assert not rep.passed
     assert len(rep.reasons) == 1 and rep.reasons[0].startswith("safety:"), rep.reasons  # scores alone would pass
     assert rep.aggregates["safety_flags"] >= 1 and "secret:aws_access_key" in rep.aggregates["safety_by_rule"]
@@ -163,11 +169,11 @@ def test_planted_secret_fails_on_safety_alone_and_is_never_echoed(in_home, train
     assert mlflow.get_run(run_id).data.metrics["eval/gate_passed"] == 0
 
 
-def test_better_champion_blocks_worse_champion_does_not(in_home, trained_run, tmp_path):
+def test_better_champion_blocks_worse_champion_does_not(in_home, ctx, trained_run, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from ech0.eval.runner import evaluate
+    from ech0.eval.evaluate import evaluate
     from ech0.models import ensure_base_model
 
     client = MlflowClient(mlflow.get_tracking_uri())
@@ -177,7 +183,7 @@ def test_better_champion_blocks_worse_champion_does_not(in_home, trained_run, tm
     # the trained model is production: the damaged candidate is blocked by the comparison alone
     good_v = mlflow.register_model(f"runs:/{trained_run.run_id}/model", "ech0")
     client.set_registered_model_alias("ech0", "production", good_v.version)
-    rep = evaluate(worse, overrides=only_champion, log=False, quiet=True)
+    rep = evaluate(ctx, worse, overrides=only_champion, log=False, quiet=True)
     assert not rep.passed and rep.data["champion"]["status"] == "compared"
     assert rep.reasons and all("champion ech0 v" in r for r in rep.reasons), rep.reasons
     assert rep.data["champion"]["cached"] is False
@@ -187,37 +193,34 @@ def test_better_champion_blocks_worse_champion_does_not(in_home, trained_run, tm
 
     from ech0.eval import DEFAULT_BASELINE, champion
     from ech0.eval.cases import load_baseline
-    from ech0.eval.runner import _compose, _settings
+    from ech0.eval.evaluate import compose_config, output_settings
 
-    cfg = _compose(only_champion)
-    hit = champion.compare(cfg, SimpleNamespace(run_id=None), load_baseline(DEFAULT_BASELINE), _settings(cfg),
+    cfg = compose_config(only_champion)
+    hit = champion.compare(ctx, cfg, SimpleNamespace(run_id=None), load_baseline(DEFAULT_BASELINE), output_settings(cfg),
                            score_fn=lambda subject: pytest.fail("the champion was evaluated again"))
     assert hit["cached"] is True and hit["aggregates"] == rep.data["champion"]["aggregates"]
 
     # the damaged model is production: the trained candidate passes, the comparison recorded
-    worse_uri = log_pyfunc(Ech0Generator(), worse / "model", str(ensure_base_model(verbose=False)), "worse")
+    worse_uri = log_pyfunc(ctx, Ech0Generator(), worse / "model", str(ensure_base_model(ctx.base_models, verbose=False)),
+                           "worse")
     worse_v = mlflow.register_model(worse_uri, "ech0")
     client.set_registered_model_alias("ech0", "production", worse_v.version)
-    ok = evaluate(in_home / "models" / trained_run.run_id, log=False, quiet=True)
+    ok = evaluate(ctx, in_home / "models" / trained_run.run_id, log=False, quiet=True)
     assert ok.passed, ok.reasons
     champ = ok.data["champion"]
     assert champ["status"] == "compared" and champ["version"] == str(worse_v.version)
     assert champ["aggregates"]["pass_rate"] < ok.aggregates["pass_rate"]
 
 
-def test_cli_and_scheduler_exit_codes(trained_run, tiny_model_dir, tmp_path, capsys):
-    from ech0.eval.runner import main
+def test_cli_and_scheduler_exit_codes(trained_run, tiny_model_dir, tmp_path, capsys, run_cli):
+    from ech0.eval.cli import main
 
-    with pytest.raises(SystemExit) as e:  # in-process: the printed verdict and exit 1
-        main(["--model-dir", str(tiny_model_dir), "--no-track"])
-    assert e.value.code == 1
+    assert main(["--model-dir", str(tiny_model_dir), "--no-track"]) == 1  # in-process: the printed verdict, code 1
     out = capsys.readouterr().out
     assert "gate       FAILED" in out and "pass rate 0.000 < gate.min_pass_rate" in out
-    # the scheduler runs the same evaluation as a job (a child process) and exits with its code
+    # the seed's scheduler command forwards to the same CLI and exits with its code
     r = run_cli("ech0.scheduler", "eval", "--model-dir", str(trained_run.run_dir), "--no-track", "--json",
                 "--report-dir", str(tmp_path / "reports"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["passed"] is True
-    jobs = list((tmp_path / "home" / "logs" / "jobs").glob("eval-*/job.json"))
-    assert len(jobs) == 1 and json.loads(jobs[0].read_text())["returncode"] == 0
     assert (tmp_path / "reports" / "regression_report.json").is_file()

@@ -1,4 +1,8 @@
-"""Eval stage without a model: baseline loading (refusals with file:line), checks, safety, the gate, the CLI's errors."""
+"""Eval stage without a model: baseline loading (refusals with file:line), checks, safety, the gate, the champion's
+lookup, the CLI's errors and the commands that forward to it (``python -m ech0.eval.runner``, ``ech0.scheduler``).
+
+    pytest tests/test_eval_units.py
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import time
 
 import pytest
 
-from conftest import run_cli
 from ech0.errors import UserError
 from ech0.eval import DEFAULT_BASELINE
 from ech0.eval.cases import CHECK_TYPES, load_baseline, parse_check
@@ -128,9 +131,15 @@ def test_gate_thresholds_safety_and_champion_tolerance():
     assert not ok and all("champion ech0 v3" in r for r in reasons) and len(reasons) == 2
 
 
-def test_cli_usage_errors_exit_2_fast(tmp_path):
+def _one_line_error(r, message: str) -> None:
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_usage_errors_exit_2_fast(tmp_path, run_cli):
     t = time.perf_counter()
-    r = run_cli("ech0.eval.runner", "--help")
+    r = run_cli("ech0.eval", "--help")
     assert r.returncode == 0 and "--baseline" in r.stdout and "Exit 0" in r.stdout
     assert time.perf_counter() - t < 15
     bad = _write(tmp_path, [GOOD, {**GOOD, "id": "b", "checks": [{"type": "nope"}]}])
@@ -138,7 +147,56 @@ def test_cli_usage_errors_exit_2_fast(tmp_path):
                           (("--model-dir", str(tmp_path), "--baseline", str(bad)), f"{bad}:2: checks[0]: unknown check type"),
                           (("--model-dir", str(tmp_path), "gate.min_pass_rat=0.9"), "min_pass_rat"),
                           (("--model-dir", "s3://bucket/model"), "unsupported URI")]:
-        r = run_cli("ech0.eval.runner", *args)
-        assert r.returncode == 2, (args, r.stderr)
-        assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        _one_line_error(run_cli("ech0.eval", *args), message)
+
+
+def test_seed_commands_forward_to_the_stage(run_cli):
+    """``python -m ech0.eval.runner`` and ``python -m ech0.scheduler eval`` are the stage's CLI: same errors, same codes."""
+    _one_line_error(run_cli("ech0.eval.runner", "--model-dir", "s3://x"), "unsupported URI")
+    _one_line_error(run_cli("ech0.scheduler", "eval"), "no model")
+    _one_line_error(run_cli("ech0.scheduler", "--launcher", "local", "eval", "--model-dir", "s3://x"), "unsupported URI")
+    _one_line_error(run_cli("ech0.scheduler", "--launcher", "slurm", "eval", "--model-dir", "x"),
+                    "only training runs under a Hydra launcher")
+
+
+def test_scheduler_forwards_training_to_hydras_launchers():
+    from ech0.scheduler import forward
+
+    assert forward("local", "eval", ["--model-dir", "m"]) == ("ech0.eval.cli", ["--model-dir", "m"])
+    assert forward("local", "train", ["+preset=lora"]) == ("ech0.train.cli", ["+preset=lora"])
+    assert forward("slurm", "train", ["+preset=lora"]) == ("ech0.train.cli", ["-m", "+launcher=slurm", "+preset=lora"])
+    assert forward("slurm", "train", ["-m", "peft.r=4,8"]) == ("ech0.train.cli", ["+launcher=slurm", "-m", "peft.r=4,8"])
+    with pytest.raises(UserError, match="--launcher pbs"):
+        forward("pbs", "train", [])
+
+
+def test_model_refs_resolve_against_the_context_home(ctx, tmp_path, monkeypatch):
+    from ech0.eval.subject import resolve_ref
+
+    run = ctx.run_dir("r1") / "model"
+    run.mkdir(parents=True)
+    (run / "ech0_model.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_ref(ctx, "models/r1") == ("run", run.resolve())
+    assert resolve_ref(ctx, "models:/ech0@production") == ("mlflow", None)
+    with pytest.raises(UserError, match="neither a run dir"):
+        resolve_ref(ctx, str(tmp_path))
+
+
+def test_champion_defaults_to_the_context_registry_name(ctx):
+    from types import SimpleNamespace
+
+    from ech0.eval import champion
+    from ech0.eval.evaluate import compose_config, output_settings
+
+    cfg = compose_config([])
+    assert cfg.gate.champion.model_name is None
+    never = SimpleNamespace(sha256="0" * 64)
+    fail = lambda subject: pytest.fail("nothing to score")  # noqa: E731
+    ctx = ctx.with_(registry_name="other-model")
+    got = champion.compare(ctx, cfg, SimpleNamespace(run_id=None), never, output_settings(cfg), fail)
+    assert got["status"] == "none" and got["model_name"] == "other-model"  # an empty store: no champion
+    off = compose_config(["gate.champion.enabled=false", "gate.champion.model_name=named"])
+    assert champion.compare(ctx, off, None, never, {}, fail) == {
+        "status": "disabled", "model_name": "named", "alias": "production", "max_pass_rate_drop": 0.05,
+        "max_mean_score_drop": 0.03}

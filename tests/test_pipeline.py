@@ -6,34 +6,35 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import clone_home, run_cli
-from mlflow_server import mlflow_server, mlflow_server_proc  # noqa: F401  (a real `mlflow server`)
 
 pytestmark = pytest.mark.slow
-SAME_AS_TRAINED_RUN = ["trainer.progress=false", "tracking.log_system_metrics=false"]
+# the trained_run fixture's overrides: the pipeline finds that run finished and reuses it
+SAME_AS_TRAINED_RUN = ["trainer.progress=false", "tracking.log_system_metrics=false", "trainer.precision=fp32"]
 
 
 @pytest.fixture
-def home(trained_run, tmp_path, monkeypatch):
-    import mlflow
+def home(trained_run, tmp_path, clone_home):
+    """A copy of the trained run's home: the same store and run folders, which the test may change."""
     from mlflow.tracking._tracking_service import utils as mlflow_utils
 
-    from ech0 import paths
-
     home = clone_home(Path(trained_run.home), tmp_path / "clone")
-    monkeypatch.setenv("ECH0_HOME", str(home))
-    mlflow.set_tracking_uri(paths.tracking_uri())
     mlflow_utils._artifact_repos_cache.clear()  # same run ids as the original store: forget its artifact paths
     yield home
     mlflow_utils._artifact_repos_cache.clear()
 
 
-def test_pipeline_promotes_a_passing_model_and_smoke_checks_it(trained_run, home):
+@pytest.fixture
+def clone_ctx(home, trained_run):
+    """The Context of the copy, built once and passed to the pipeline (no stage reads the environment)."""
+    return trained_run.ctx.with_(home=home, tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+
+
+def test_pipeline_promotes_a_passing_model_and_smoke_checks_it(trained_run, home, clone_ctx, capsys):
     from mlflow.tracking import MlflowClient
 
     from ech0.pipeline import run
 
-    r = run(SAME_AS_TRAINED_RUN, preset="lora", promote_on_pass=True, smoke=True)
+    r = run(clone_ctx, SAME_AS_TRAINED_RUN, preset="lora", promote_on_pass=True, smoke=True)
     assert r.train_run_id == trained_run.run_id, "an identical finished training run is reused, not redone"
     assert r.gate_passed and r.promoted and r.smoke_passed, r
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
@@ -45,9 +46,13 @@ def test_pipeline_promotes_a_passing_model_and_smoke_checks_it(trained_run, home
     assert parent.data.metrics["pipeline/gate_passed"] == 1
     assert client.get_run(trained_run.run_id).data.metrics["eval/gate_passed"] == 1
     assert json.loads(Path(r.report).read_text())["verdict"]["passed"] is True
+    out = capsys.readouterr().out  # each stage says in one line what it did
+    assert f"register: version {r.version} registered from run {trained_run.run_id}" in out
+    assert f"promote: production -> v{r.version} (was none)" in out
+    assert "smoke: served ech0 v1: 4/4 golden prompts equal" in out and " checks passed on port " in out
 
 
-def test_failed_gate_registers_but_never_promotes(trained_run, home, tmp_path):
+def test_failed_gate_registers_but_never_promotes(trained_run, home, clone_ctx, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from ech0.pipeline import run
@@ -55,31 +60,16 @@ def test_failed_gate_registers_but_never_promotes(trained_run, home, tmp_path):
     strict = tmp_path / "strict.jsonl"
     strict.write_text(json.dumps({"id": "impossible", "prompt": "What color is snow?",
                                   "checks": [{"type": "exact", "value": "Snow is a colour no model here knows."}]}) + "\n")
-    r = run(SAME_AS_TRAINED_RUN, preset="lora", baseline=str(strict), promote_on_pass=True, smoke=False)
+    r = run(clone_ctx, SAME_AS_TRAINED_RUN, preset="lora", baseline=str(strict), promote_on_pass=True, smoke=False)
     assert r.gate_passed is False and not r.promoted and r.version
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     assert "production" not in (client.get_registered_model("ech0").aliases or {})
     assert client.get_run(r.run_id).data.tags["ech0.gate"] == "failed"
 
 
-def test_watch_follows_status_until_it_ends(ech0_home):
-    from ech0.io import atomic_write_json
-
-    run_dir = ech0_home / "models" / "r1"
-    atomic_write_json(run_dir / "status.json", {"state": "succeeded", "step": 10, "max_steps": 10, "loss": 0.5,
-                                                "tokens_per_sec": 1234.0, "eta_seconds": 0})
-    out = run_cli("ech0.cli", "watch", str(run_dir))
-    assert out.returncode == 0 and "10/10" in out.stdout and "loss 0.5000" in out.stdout
-    atomic_write_json(run_dir / "status.json", {"state": "failed", "step": 3, "max_steps": 10, "error": "boom"})
-    out = run_cli("ech0.cli", "watch", "r1")
-    assert out.returncode == 1 and "error: boom" in out.stdout
-    out = run_cli("ech0.cli", "watch", "nope")
-    assert out.returncode == 2 and out.stderr.startswith("error: nope: no status.json")
-
-
 # -- the whole chain as users type it: raw dump → data → train → gate → register → promote → served smoke
 
-def _pipeline(*args: str, env: dict):
+def _pipeline(run_cli, *args: str, env: dict):
     return run_cli("ech0.pipeline", "--mode", "pipeline", "--promote-on-pass", *args, env=env, timeout=900)
 
 
@@ -94,30 +84,27 @@ def _runs(client, experiment: str):
     return {r.info.run_id: r for r in client.search_runs([exp.experiment_id], max_results=200)}
 
 
-def _interrupt_during_training(args: list[str], env: dict, home: Path) -> tuple[int, str, str]:
-    """Start the pipeline, SIGTERM it once training has taken a step; (exit code, stdout, stderr)."""
+def _interrupt_during_training(args: list[str], env: dict, repo_root: Path, wait_for,
+                               hold_at_step) -> tuple[int, str, str]:
+    """Start the pipeline, SIGTERM it while training is held after step 1; (exit code, stdout, stderr)."""
     import os
     import signal
     import subprocess
     import sys
 
-    from conftest import ROOT, wait_for
-    from ech0.status import read_status
-
+    hold, held = hold_at_step(1)
     cmd = [sys.executable, "-m", "ech0.pipeline", "--mode", "pipeline", "--promote-on-pass", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    def training_stepped() -> bool:
-        found = list((home / "models").glob("*/status.json"))
-        return bool(found) and (read_status(found[0]).get("step") or 0) >= 1
-
-    assert wait_for(training_stepped, 300, proc), "training never took a step"
+    proc = subprocess.Popen(cmd, cwd=repo_root, env={**os.environ, **env, **hold}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert wait_for(held.exists, 300, proc), "training never reached step 1"
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     return proc.returncode, stdout, stderr
 
 
-def test_pipeline_from_a_raw_dump_on_a_tracking_server_interrupted_then_rerun(mlflow_server, ech0_home, tiny_model_dir):
+def test_pipeline_from_a_raw_dump_on_a_tracking_server_interrupted_then_rerun(mlflow_server, ech0_home, tiny_model_dir,
+                                                                               run_cli, repo_root, wait_for,
+                                                                               hold_at_step):
     """Through a real `mlflow server` (SQLite backend, proxied artifacts): SIGTERM during training ends
     the runs KILLED with nothing registered; the same command then continues (the finished data stage
     is skipped) to a promoted, served model; a third run skips every stage."""
@@ -126,10 +113,11 @@ def test_pipeline_from_a_raw_dump_on_a_tracking_server_interrupted_then_rerun(ml
 
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "ECH0_REGISTRY_NAME": "pipeline-server"}
     args = ["--input", str(RAW_FILE), "--name", "sample", "tracking.experiment=pipeline-server",
-            "trainer.progress=false", "tracking.log_system_metrics=false"]
+            "trainer.progress=false", "tracking.log_system_metrics=false",
+            "trainer.precision=fp32"]  # the gate's scores in one arithmetic on every CPU
     client = _client(mlflow_server)
 
-    rc, stdout, stderr = _interrupt_during_training(args, env, ech0_home)
+    rc, stdout, stderr = _interrupt_during_training(args, env, repo_root, wait_for, hold_at_step)
     assert rc == 130, stdout[-2000:] + stderr[-2000:]
     assert "interrupted during stage train" in stderr and "Traceback" not in stderr
     (status_file,) = (ech0_home / "models").glob("*/status.json")
@@ -138,12 +126,15 @@ def test_pipeline_from_a_raw_dump_on_a_tracking_server_interrupted_then_rerun(ml
     assert kinds == {"pipeline": "KILLED", "data": "FINISHED", "train": "KILLED"}, kinds
     assert not client.search_registered_models("name = 'pipeline-server'"), "nothing registered or promoted"
 
-    out = _pipeline(*args, env=env)
+    out = _pipeline(run_cli, *args, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "skipped" in out.stdout.split("== data ==")[1].split("==")[0], "the finished data stage is not redone"
     for line in ("== train ==", "== eval ==", "== register ==", "== promote ==", "== smoke =="):
         assert line in out.stdout, line
-    assert "mlflow ui" in out.stdout and "alias production" in out.stdout
+    for said in ("\nregister: version 1 registered from run ", "\npromote: production -> v1 (was none)",
+                 "\nsmoke: served pipeline-server v1: 4/4 golden prompts equal, "):
+        assert said in out.stdout, said  # each stage says in one line what it did
+    assert f"see it all     open {mlflow_server}" in out.stdout and "alias production" in out.stdout
     runs = [r for r in _runs(client, "pipeline-server").values() if r.info.status == "FINISHED"]
     parent = next(r for r in runs if r.data.tags["ech0.kind"] == "pipeline")
     data = next(r for r in runs if r.data.tags["ech0.kind"] == "data")
@@ -162,7 +153,7 @@ def test_pipeline_from_a_raw_dump_on_a_tracking_server_interrupted_then_rerun(ml
     mv = client.get_model_version_by_alias("pipeline-server", "production")
     assert mv.run_id == train.info.run_id and str(mv.version) == parent.data.tags["ech0.registered_version"]
 
-    again = _pipeline(*args, "--no-smoke", env=env)  # same inputs: nothing is redone
+    again = _pipeline(run_cli, *args, "--no-smoke", env=env)  # same inputs: nothing is redone
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for stage in ("data", "train", "register", "promote"):
         assert "skipped" in again.stdout.split(f"== {stage} ==")[1].split("==")[0], stage

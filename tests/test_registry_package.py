@@ -6,29 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from mlflow_server import mlflow_server, mlflow_server_proc, model_name, server_store, sqlite_store, store  # noqa: F401
 
 from ech0.registry import history as hist, store as rstore
-from ech0.registry.cli import main
 from ech0.registry.package import MANIFEST, package, verify
 
 PROMPTS = ["What is the opposite of day?", "Echo this: the soft cat counts the tree"]
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def packaged(trained_run, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("packages")
-    return package("from-run", run_dir=trained_run.run_dir, root=root)
+    return package(trained_run.ctx, "from-run", run_dir=trained_run.run_dir, root=root)
 
 
 def test_package_loads_with_peft_and_mlflow_and_matches_training(packaged, trained_run):
@@ -57,12 +45,12 @@ def test_package_loads_with_peft_and_mlflow_and_matches_training(packaged, train
     assert verify(packaged) == []
 
 
-def test_verify_detects_tampering_and_package_refuses_overwrite_and_escape(packaged, trained_run, tmp_path, capsys):
+def test_verify_detects_tampering_and_package_refuses_overwrite_and_escape(packaged, trained_run, tmp_path, registry_cli):
     import shutil
 
     copy = tmp_path / "root" / "pkg"
     shutil.copytree(packaged, copy)
-    code, out, _ = cli(capsys, "verify", str(copy))
+    code, out, _ = registry_cli("verify", str(copy))
     assert code == 0 and out.strip().endswith("OK")
     man = json.loads((copy / MANIFEST).read_text())
     weights = copy / man["adapter_dir"] / "adapter_model.safetensors"
@@ -71,37 +59,37 @@ def test_verify_detects_tampering_and_package_refuses_overwrite_and_escape(packa
     weights.write_bytes(bytes(data))
     (copy / "extra.txt").write_text("x")
     (copy / man["adapter_dir"] / "tokenizer_config.json").unlink()
-    code, out, _ = cli(capsys, "verify", str(copy))
+    code, out, _ = registry_cli("verify", str(copy))
     assert code == 1
     assert f"changed: {man['adapter_dir']}/adapter_model.safetensors" in out
     assert "unexpected: extra.txt" in out and f"missing: {man['adapter_dir']}/tokenizer_config.json" in out
 
     root = str(tmp_path / "root")
-    code, _, err = cli(capsys, "package", "--run-dir", str(trained_run.run_dir), "--root", root, "--dest", "pkg")
+    code, _, err = registry_cli("package", "--run-dir", str(trained_run.run_dir), "--root", root, "--dest", "pkg")
     assert code == 2 and "exists; pass --force" in err
     for dest in ("../outside", "a/../../outside", str(tmp_path / "elsewhere"), "."):
-        code, _, err = cli(capsys, "package", "--run-dir", str(trained_run.run_dir), "--root", root, "--dest", dest)
+        code, _, err = registry_cli("package", "--run-dir", str(trained_run.run_dir), "--root", root, "--dest", dest)
         assert code == 2 and "outside" in err, (dest, err)
     assert not (tmp_path / "outside").exists() and not (tmp_path / "elsewhere").exists()
-    code, _, err = cli(capsys, "verify", str(tmp_path / "nope"))
+    code, _, err = registry_cli("verify", str(tmp_path / "nope"))
     assert code == 2 and "not an ech0 package" in err
-    code, _, err = cli(capsys, "package", "--run-dir", str(tmp_path / "nope"), "--root", root, "--dest", "p2")
+    code, _, err = registry_cli("package", "--run-dir", str(tmp_path / "nope"), "--root", root, "--dest", "p2")
     assert code == 2 and "run folder not found" in err
 
 
-def test_package_by_alias_and_force_replace(store, model_name, tmp_path, capsys):
-    rstore.register(store.runs["passed"], name=model_name, tracking_uri=store.uri)
-    hist.promote(version="1", name=model_name, tracking_uri=store.uri)
+def test_package_by_alias_and_force_replace(store, model_name, tmp_path, registry_cli):
+    rstore.register(store.ctx, store.runs["passed"], name=model_name)
+    hist.promote(store.ctx, version="1", name=model_name)
     args = ["package", "--alias", "production", "--dest", "prod", "--root", str(tmp_path), "--name", model_name,
             "--tracking-uri", store.uri]
-    code, out, err = cli(capsys, *args)
+    code, out, err = registry_cli(*args)
     assert code == 0, err
     man = json.loads((tmp_path / "prod" / MANIFEST).read_text())
     assert man["source"] | {"version": "1", "alias": "production", "run_id": store.runs["passed"]} == man["source"]
     assert verify(tmp_path / "prod") == []
     (tmp_path / "prod" / "MLmodel").write_text("tampered")
-    code, _, err = cli(capsys, *args)
+    code, _, err = registry_cli(*args)
     assert code == 2 and "--force" in err
-    code, _, err = cli(capsys, *args, "--force")
+    code, _, err = registry_cli(*args, "--force")
     assert code == 0, err
     assert verify(tmp_path / "prod") == [] and not list(tmp_path.glob(".prod*"))  # no temp folders left

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
 FAST = ["trainer.max_steps=3", "tracking.log_model=false", "tracking.log_system_metrics=false",
         "trainer.progress=false"]
@@ -72,7 +71,7 @@ def _check_grid(home: Path, out):
 
 
 @pytest.mark.slow
-def test_sweep_submitit_local_launcher(tiny_model_dir, home):
+def test_sweep_submitit_local_launcher(tiny_model_dir, home, run_cli):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     # Both jobs start at once: one torch thread each, or they fight over the cores (measured 2.3x slower)
     out = run_cli("ech0.train", *SWEEP, "+launcher=local", "trainer.num_threads=1", timeout=300)
@@ -83,7 +82,7 @@ def test_sweep_submitit_local_launcher(tiny_model_dir, home):
 
 
 @pytest.mark.slow
-def test_sweep_optuna_minimises_the_returned_loss(tiny_model_dir, home):
+def test_sweep_optuna_minimises_the_returned_loss(tiny_model_dir, home, run_cli):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     import yaml
 
@@ -101,7 +100,7 @@ def test_sweep_optuna_minimises_the_returned_loss(tiny_model_dir, home):
 
 
 @pytest.mark.slow
-def test_sweep_with_a_failing_job_ends_parent_failed(tiny_model_dir, home, tmp_path):
+def test_sweep_with_a_failing_job_ends_parent_failed(tiny_model_dir, home, tmp_path, run_cli):
     from ech0.sample_data import TRAIN_FILE
 
     missing = tmp_path / "missing.jsonl"
@@ -122,7 +121,7 @@ def test_sweep_with_a_failing_job_ends_parent_failed(tiny_model_dir, home, tmp_p
     ("trainer.max_step=3,4", "Key 'max_step' not in 'TrainerConfig'"),
     ("peft.r=4,,8", "Error parsing override"),
 ])
-def test_sweep_bad_override_is_one_line_exit_2_and_opens_no_run(override, expected, home):
+def test_sweep_bad_override_is_one_line_exit_2_and_opens_no_run(override, expected, home, run_cli):
     out = run_cli("ech0.train", "-m", "+preset=lora", override)
     assert out.returncode == 2
     assert expected in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -137,7 +136,7 @@ def test_slurm_launcher_config_makes_a_valid_sbatch_script(tmp_path, monkeypatch
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from ech0.cli_common import compose
+    from ech0.config import compose
 
     fake = tmp_path / "bin"
     fake.mkdir()

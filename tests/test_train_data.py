@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import run_cli
-
 from ech0.sample_data import TRAIN_FILE
 
 
-def _prepare(tiny_model_dir):
+def _prepare(tiny_model_dir, run_cli):
     for args in (["import", "--input", str(TRAIN_FILE), "--name", "demo"],
                  ["validate", "--input", "demo", "--stage", "clean", "--tokenizer", str(tiny_model_dir)],
                  ["validate", "--input", "demo", "--stage", "processed", "--dedupe", "--fail-on-secrets",
@@ -16,27 +14,27 @@ def _prepare(tiny_model_dir):
         assert out.returncode == 0, out.stderr
 
 
-def test_train_logs_manifest_digest_and_chain(tiny_model_dir, ech0_home):
+def test_train_logs_manifest_digest_and_chain(tiny_model_dir, ech0_home, ctx, run_cli):
     from mlflow.tracking import MlflowClient
 
-    from ech0.cli_common import compose
+    from ech0.config import compose
     from ech0.data import processed_dataset
-    from ech0.trainer.fit import fit
+    from ech0.train.recipe import fit
 
-    _prepare(tiny_model_dir)
+    _prepare(tiny_model_dir, run_cli)
     cfg = compose("train", ["+preset=lora", "data=processed", "data.name=demo", "trainer.max_steps=3",
                             "trainer.progress=false", "tracking.log_model=false", "tracking.log_system_metrics=false"])
-    result = fit(cfg)
+    result = fit(cfg, ctx)
     client = MlflowClient(result.tracking_uri)
     (inp,) = client.get_run(result.run_id).inputs.dataset_inputs
-    expected = processed_dataset("demo")
+    expected = processed_dataset(ctx, "demo")
     assert inp.dataset.digest == expected["digest"][:36] and inp.dataset.name == "demo-train"
     names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(result.run_id, "data/training")}
     assert names == {"demo.processed.manifest.json", "demo.clean.manifest.json", "demo.raw.manifest.json"}
 
 
-def test_tampered_processed_file_is_refused(tiny_model_dir, ech0_home):
-    _prepare(tiny_model_dir)
+def test_tampered_processed_file_is_refused(tiny_model_dir, ech0_home, run_cli):
+    _prepare(tiny_model_dir, run_cli)
     processed = ech0_home / "data" / "processed" / "demo.jsonl"
     processed.write_text(processed.read_text().replace("ECHO", "ECH0", 1))
     out = run_cli("ech0.train", "+preset=lora", "data=processed", "data.name=demo", "trainer.max_steps=2")

@@ -1,13 +1,19 @@
-"""The data CLI: ``import``, ``validate``, ``verify``.
+"""The data CLI: ``import``, ``validate``, ``verify``; ``ech0 data ...`` and ``python -m ech0.data ...`` run it.
 
     python -m ech0.data import --input legacy.json --tag crypto
     python -m ech0.data validate --input crypto --stage clean --max-tokens 2048 --min-quality 0.25
-    python -m ech0.data validate --input crypto --stage processed --dedupe --fail-on-secrets
+    python -m ech0.data validate --input crypto --stage processed --dedupe --fail-on-secrets model=mistral-7b
     python -m ech0.data verify metadata/crypto.processed.manifest.json
 
-``main(argv)`` is what ``ech0 data ...`` calls. Heavy libraries (numpy, tokenizers, transformers)
-are imported only when a command runs, so ``--help`` is instant. Exit codes: 0 ok, 1 verification
-failed, 2 user error (one line on stderr), 3 secrets found with ``--fail-on-secrets``.
+Options compose through Hydra like every stage's: the root ``conf/data.yaml`` on the typed schema
+``ech0.config.DataStageConfig``. The seed's flags are kept and each one sets one config key
+(``--max-tokens N`` -> ``max_tokens=N``, ``--dedupe`` -> ``dedupe.enabled=true``; ``--help`` names
+them); ``KEY=VALUE`` overrides may follow (``model=mistral-7b`` picks the tokenizer that measures
+``--max-tokens``; a flag wins over an override of the same key). A bad flag, override or value
+prints one line and exits 2 before any heavy import. ``main(argv)`` is what ``ech0 data ...``
+calls; numpy, tokenizers and transformers are imported only when a command runs, so ``--help`` is
+instant. Exit codes: 0 ok, 1 verification failed, 2 user error (one line on stderr), 3 secrets found
+with ``--fail-on-secrets``.
 """
 
 from __future__ import annotations
@@ -17,57 +23,123 @@ import sys
 
 from ech0.errors import UserError, cli_errors
 
+OVERRIDES_HELP = ("KEY=VALUE overrides of conf/data.yaml may follow the flags, e.g. model=mistral-7b "
+                  "dedupe.threshold=0.9 paths.home=DIR")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one-line user errors (exit 2, no usage block)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def _flag(p: argparse.ArgumentParser, flag: str, key: str, **kw) -> None:
+    """A flag that sets config ``key``; left unset (None) it leaves the config's value alone."""
+    if kw.get("action") not in ("store_true", "store_false"):
+        kw.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
+    p.add_argument(flag, dest=key, default=None, **kw)
+
+
+def _common(p: argparse.ArgumentParser, what: str) -> None:
+    _flag(p, "--input", "input", help=f"{what} (key: input)")
+    _flag(p, "--name", "name", help="dataset name (default: the input file's stem)")
+    _flag(p, "--max-line-bytes", "max_line_bytes", type=int, help="longest line read (default 1 MiB)")
+    _flag(p, "--no-progress", "progress", action="store_false", help="no progress bar (key: progress=false)")
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ech0 data", description="Data hygiene: import, validate, verify.")
+    p = _Parser(prog="ech0 data", description="Data hygiene: import, validate, verify. Flags set keys of "
+                                              "conf/data.yaml; KEY=VALUE overrides may follow them.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{import,validate,verify}")
 
-    i = sub.add_parser("import", help="legacy JSON/JSONL -> ECH0_HOME/data/raw/<name>.jsonl (canonical schema)")
-    i.add_argument("--input", required=True, help="a JSON array, JSONL, or concatenated JSON objects")
-    i.add_argument("--name", help="dataset name (default: the input file's stem)")
-    i.add_argument("--tag", action="append", default=[], help="tag added to every row (repeatable)")
-    i.add_argument("--map", action="append", default=[], metavar="FIELD=KEY",
-                   help="override shape detection, e.g. --map prompt=question --map completion=answer "
-                        "(KEY may be dotted or joined with +)")
-    i.add_argument("--max-line-bytes", type=int, default=None, help="longest line read (default 1 MiB)")
-    i.add_argument("--no-progress", action="store_true")
+    i = sub.add_parser("import", epilog=OVERRIDES_HELP,
+                       help="legacy JSON/JSONL -> ECH0_HOME/data/raw/<name>.jsonl (canonical schema)")
+    _common(i, "a JSON array, JSONL, or concatenated JSON objects")
+    _flag(i, "--tag", "tags", action="append", help="tag added to every row (repeatable)")
+    _flag(i, "--map", "map", action="append", metavar="FIELD=KEY",
+          help="override shape detection, e.g. --map prompt=question --map completion=answer "
+               "(KEY may be dotted or joined with +)")
 
-    v = sub.add_parser("validate", help="check, redact, filter, dedupe -> ECH0_HOME/data/<stage>/<name>.jsonl")
-    v.add_argument("--input", required=True, help="a JSONL file, or a dataset name from the previous stage")
-    v.add_argument("--stage", choices=["clean", "processed"], default="clean")
-    v.add_argument("--name", help="dataset name (default: the input file's stem)")
-    v.add_argument("--max-tokens", type=int, default=None, help="reject rows over this many tokens")
-    v.add_argument("--min-quality", type=float, default=None,
-                   help="reject rows whose quality_score is below this (null scores pass)")
-    v.add_argument("--tokenizer", default=None,
-                   help="tokenizer dir/file or hub id (default: the configured base model's)")
-    v.add_argument("--exact-tokens", action="store_true",
-                   help="tokenize every row (exact token statistics); by default rows whose UTF-8 length "
-                        "proves they fit --max-tokens skip the tokenizer")
-    v.add_argument("--dedupe", action="store_true", help="remove exact and near duplicates")
-    v.add_argument("--no-near-dedupe", action="store_true", help="with --dedupe: exact duplicates only")
-    v.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold (0.8)")
-    v.add_argument("--fail-on-secrets", action="store_true",
-                   help="exit 3 without writing anything if any row contains a secret")
-    v.add_argument("--no-redact-pii", action="store_true", help="keep e-mails, phones, ... as they are")
-    v.add_argument("--max-line-bytes", type=int, default=None, help="longest line read (default 1 MiB)")
-    v.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: CPU count for inputs over 8 MiB, else 1)")
-    v.add_argument("--no-progress", action="store_true")
+    v = sub.add_parser("validate", epilog=OVERRIDES_HELP,
+                       help="check, redact, filter, dedupe -> ECH0_HOME/data/<stage>/<name>.jsonl")
+    _common(v, "a JSONL file, or a dataset name from the previous stage")
+    _flag(v, "--stage", "stage", choices=["clean", "processed"], help="clean (default) or processed")
+    _flag(v, "--max-tokens", "max_tokens", type=int,
+          help="reject rows whose training encoding (BOS + prompt template + completion + EOS) is longer")
+    _flag(v, "--min-quality", "min_quality", type=float,
+          help="reject rows whose quality_score is below this (null scores pass)")
+    _flag(v, "--tokenizer", "tokenizer",
+          help="tokenizer dir/file or hub id (default: the configured model's, key: model=...)")
+    _flag(v, "--exact-tokens", "exact_tokens", action="store_true",
+          help="tokenize every row (exact token statistics); by default rows whose UTF-8 length "
+               "proves they fit --max-tokens skip the tokenizer")
+    _flag(v, "--dedupe", "dedupe.enabled", action="store_true", help="remove exact and near duplicates")
+    _flag(v, "--no-near-dedupe", "dedupe.near", action="store_false", help="with --dedupe: exact duplicates only")
+    _flag(v, "--threshold", "dedupe.threshold", type=float, help="near-duplicate Jaccard threshold (0.8)")
+    _flag(v, "--fail-on-secrets", "fail_on_secrets", action="store_true",
+          help="exit 3 without writing anything if any row contains a secret")
+    _flag(v, "--no-redact-pii", "redact.pii", action="store_false", help="keep e-mails, phones, ... as they are")
+    _flag(v, "--workers", "workers", type=int,
+          help="worker processes (default: CPU count for inputs over 8 MiB, else 1)")
 
-    f = sub.add_parser("verify", help="re-hash a manifest's files and its parent chain")
+    f = sub.add_parser("verify", epilog=OVERRIDES_HELP, help="re-hash a manifest's files and its parent chain")
     f.add_argument("manifest", help="a manifest path, or NAME.STAGE (e.g. crypto.processed)")
     return p
 
 
-def print_summary(man: dict, out=None) -> None:
+def parse(argv: list[str]) -> tuple[str, dict, list[str], argparse.Namespace]:
+    """argv -> (command, {config key: flag value} for the flags given, overrides, all arguments)."""
+    args, overrides = _parser().parse_known_args(argv)
+    for o in overrides:
+        if "=" not in o or o.startswith("-"):
+            raise UserError(f"ech0 data {args.cmd}: unrecognized argument {o!r}: neither a flag nor a KEY=VALUE "
+                            f"override (see --help)")
+    skip = {"cmd", "manifest"}
+    flags = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    return args.cmd, flags, overrides, args
+
+
+def compose_config(flags: dict, overrides: list[str]):
+    """``conf/data.yaml`` with ``overrides``, then each flag's key set (type-checked by the schema)."""
+    from omegaconf import OmegaConf
+
+    from ech0.config import compose
+
+    cfg = compose("data", overrides)
+    for key, value in flags.items():
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except Exception as e:  # ValidationError: a value the schema refuses
+            raise UserError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
+    return cfg
+
+
+def validate_options(cfg):
+    """The composed config -> :class:`ech0.data.stage.ValidateOptions`."""
+    from omegaconf import OmegaConf
+
+    from ech0.data.stage import ValidateOptions
+
+    return ValidateOptions(
+        input=cfg.input, stage=cfg.stage, name=cfg.name, max_tokens=cfg.max_tokens, min_quality=cfg.min_quality,
+        dedupe=cfg.dedupe.enabled, near_dedupe=cfg.dedupe.near, threshold=cfg.dedupe.threshold,
+        num_perm=cfg.dedupe.num_perm, ngram=cfg.dedupe.ngram, fail_on_secrets=cfg.fail_on_secrets,
+        redact_secrets=cfg.redact.secrets, redact_pii=cfg.redact.pii, tokenizer=cfg.tokenizer,
+        model=cfg.model.name_or_path, model_recipe=OmegaConf.to_container(cfg.model.recipe),
+        prompt_template=cfg.prompt_template, exact_tokens=cfg.exact_tokens, max_line_bytes=cfg.max_line_bytes,
+        workers=cfg.workers, progress=cfg.progress,
+    )
+
+
+def print_manifest(man: dict, out=None) -> None:
+    """The summary table of one data manifest, ending with the ``read = kept + rejected`` check."""
     out = out or sys.stdout
     c = man["counts"]
     w = out.write
     w(f"ech0 data {man['command']} [{man['stage']}] {man['name']}: {man['input']['path']} "
       f"({man['input']['format']}) -> {man['output']['path']}\n")
-    rows = [("read", c["read"]), ("kept", c["kept"]), ("rejected", c["rejected"])]
-    for k, v in rows:
+    for k, v in (("read", c["read"]), ("kept", c["kept"]), ("rejected", c["rejected"])):
         w(f"  {k:<28}{v:>10}\n")
     for k, v in man.get("reject_reasons", {}).items():
         w(f"    {k:<26}{v:>10}\n")
@@ -99,51 +171,53 @@ def print_summary(man: dict, out=None) -> None:
     w(f"  check: read {c['read']} = kept {c['kept']} + rejected {c['rejected']}  {'ok' if ok else 'MISMATCH'}\n")
 
 
+def run_import_cmd(ctx, cfg) -> int:
+    from ech0.data.importers import run_import
+
+    print_manifest(run_import(ctx, cfg.input, name=cfg.name, tags=list(cfg.tags), maps=list(cfg.map),
+                              max_line_bytes=cfg.max_line_bytes, progress=cfg.progress))
+    return 0
+
+
+def run_validate_cmd(ctx, cfg) -> int:
+    from ech0.data.stage import run_validate
+
+    print_manifest(run_validate(ctx, validate_options(cfg)))
+    return 0
+
+
+def run_verify_cmd(ctx, target_arg: str) -> int:
+    from pathlib import Path
+
+    from ech0.data import manifest as mf
+
+    target = Path(target_arg)
+    if not target.exists() and "/" not in target_arg and target_arg.count(".") == 1:
+        target = mf.manifest_path(ctx, *target_arg.split("."))
+    results, failures = mf.check(ctx, target)
+    for r in results:
+        print(f"  {'ok  ' if r['ok'] else 'FAIL'}  {r['check']:<40} {r['detail']}")
+    mf.raise_failures(target, failures)
+    print(f"verified: {target} (chain of {len(mf.chain(ctx, target))}; dataset digest {mf.dataset_digest(target)})")
+    return 0
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.cmd == "import":
-        from ech0.data.importers import run_import
-        from ech0.data.reader import DEFAULT_MAX_LINE_BYTES
+    cmd, flags, overrides, args = parse(list(sys.argv[1:] if argv is None else argv))
+    cfg = compose_config(flags, overrides)  # every config mistake stops here, before heavy imports
+    if cmd != "verify" and not cfg.input:
+        raise UserError(f"ech0 data {cmd}: --input is required (a file, or a dataset name)")
+    from ech0.cli_common import quiet_libraries
+    from ech0.context import Context
 
-        man = run_import(args.input, name=args.name, tags=args.tag, maps=args.map,
-                         max_line_bytes=args.max_line_bytes or DEFAULT_MAX_LINE_BYTES,
-                         progress=False if args.no_progress else None)
-        print_summary(man)
-        return 0
-    if args.cmd == "validate":
-        from ech0.data.reader import DEFAULT_MAX_LINE_BYTES
-        from ech0.data.stage import ValidateOptions, run_validate
-
-        if args.workers is not None and args.workers < 1:
-            raise UserError(f"--workers {args.workers}: expected 1 or more")
-        opts = ValidateOptions(
-            input=args.input, stage=args.stage, name=args.name, max_tokens=args.max_tokens,
-            min_quality=args.min_quality, dedupe=args.dedupe, near_dedupe=not args.no_near_dedupe,
-            threshold=args.threshold, fail_on_secrets=args.fail_on_secrets, redact_pii=not args.no_redact_pii,
-            tokenizer=args.tokenizer, exact_tokens=args.exact_tokens, max_line_bytes=args.max_line_bytes or DEFAULT_MAX_LINE_BYTES,
-            workers=args.workers, progress=False if args.no_progress else None,
-        )
-        man = run_validate(opts)
-        print_summary(man)
-        return 0
-    if args.cmd == "verify":
-        from pathlib import Path
-
-        from ech0.data import manifest as mf
-
-        target = Path(args.manifest)
-        if not target.exists() and "/" not in args.manifest and args.manifest.count(".") == 1:
-            target = mf.manifest_path(*args.manifest.split("."))
-        results, failures = mf.check(target)
-        for r in results:
-            print(f"  {'ok  ' if r['ok'] else 'FAIL'}  {r['check']:<40} {r['detail']}")
-        if failures:
-            raise mf.VerifyFailed(f"{target}: verification failed: {failures[0]}"
-                                  + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""))
-        print(f"verified: {target} (chain of {len(mf.chain(target))}; dataset digest {mf.dataset_digest(target)})")
-        return 0
-    return 2
+    quiet_libraries()
+    ctx = Context.from_config(cfg)
+    if cmd == "import":
+        return run_import_cmd(ctx, cfg)
+    if cmd == "validate":
+        return run_validate_cmd(ctx, cfg)
+    return run_verify_cmd(ctx, args.manifest)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Exact and near-duplicate detection: normalised-text hashes and numpy MinHash + LSH banding.
 
+Run by ``ech0 data validate --dedupe`` (ech0/data/stage.py); in code::
+
     from ech0.data.dedupe import normalize, exact_key, MinHasher, SigStore, near_duplicate_pairs
     mh = MinHasher()                              # 128 permutations over 5-word shingles
     sigs = mh.signatures([normalize(p, c) for p, c in rows])   # (n, 128) uint32, one numpy pass

@@ -1,7 +1,10 @@
 """Import legacy dumps (JSON array, JSONL, pretty-printed objects) into the canonical raw stage.
 
-    python scripts/import_legacy_data.py --input legacy.json --tag crypto
     python -m ech0.data import --input dump.jsonl --name qa --map prompt=question --map completion=best_answer
+    python scripts/import_legacy_data.py --input legacy.json --tag crypto      # the same, a thin shim
+
+    from ech0.data.importers import run_import
+    man = run_import(ctx, "legacy.json", tags=["crypto"])    # -> dict (the manifest)
 
 Recognised shapes (detected per row, counted in the summary and the manifest):
 
@@ -30,11 +33,11 @@ import math
 import time
 from pathlib import Path
 
-from ech0 import paths
+from ech0.context import Context
 from ech0.data import manifest as mf
-from ech0.data.reader import DEFAULT_MAX_LINE_BYTES, iter_records, sniff
+from ech0.data.reader import DEFAULT_MAX_LINE_BYTES, Rec, iter_records, normalizations, sniff
 from ech0.data.redact import Redactor
-from ech0.data.schema import check_row, clean_text, clean_value, parse_values
+from ech0.data.schema import check_row, clean_text, clean_value, parse_record, reject_record
 from ech0.data.stage import check_name, default_name, make_progress
 from ech0.errors import UserError
 from ech0.io import atomic_open
@@ -280,8 +283,89 @@ def _orig_id(obj: dict, maps):
     return None, None
 
 
-def run_import(input: str, name: str | None = None, tags: list[str] | None = None, maps: list[str] | None = None,
-               max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, progress: bool | None = None) -> dict:
+def provenance(obj: dict, maps, tag_list: list[str], source: str, rec: Rec, item) -> tuple[list, object, dict, set]:
+    """(tags, quality_score, metadata, keys taken) of a source object: its own metadata plus where it
+    came from, the original id and the ``--tag``; the keys read for tags, score and id."""
+    t, tkey = _tags(obj, maps, tag_list)
+    q, qkey = _quality(obj, maps)
+    oid, idkey = _orig_id(obj, maps)
+    md = dict(obj["metadata"]) if isinstance(obj.get("metadata"), dict) else {}
+    md.update({"source": source, "line": rec.line})
+    if item is not None:
+        md["item"] = item
+    if oid is not None:
+        md["id"] = oid
+    if tag_list:
+        md["tag"] = tag_list[0] if len(tag_list) == 1 else list(tag_list)
+    return t, q, md, {tkey, qkey, idkey}
+
+
+class Importer:
+    """One ``import`` run's state: every source value becomes raw rows or reject records."""
+
+    def __init__(self, maps: dict, tag_list: list[str], source: str, out, rej) -> None:
+        self.maps, self.tag_list, self.source = maps, tag_list, source
+        self.out, self.rej = out, rej
+        self.red = Redactor()  # rejects are redacted; raw rows are a faithful copy
+        self.reasons: dict = {}
+        self.shapes: dict = {}
+        self.norm: dict = {}
+        self.read = self.kept = self.rejected = 0
+
+    def reject(self, rec: Rec, item, reason: str, detail: str | None, row=None, text=None) -> None:
+        self.rej.write(json.dumps(reject_record(rec, item, reason, detail, self.red, {}, row=row, text=text),
+                                  ensure_ascii=False) + "\n")
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self.rejected += 1
+
+    def record(self, rec: Rec) -> None:
+        values, problem = parse_record(rec)
+        if problem is not None:
+            self.read += 1
+            reason, detail, text = problem
+            self.reject(rec, rec.item, reason, detail, text=text)
+            return
+        if len(values) > 1:
+            self.norm["lines_with_several_objects"] = self.norm.get("lines_with_several_objects", 0) + 1
+        for k, obj in enumerate(values):
+            self.value(rec, k if len(values) > 1 else rec.item, obj)
+
+    def value(self, rec: Rec, item, obj) -> None:
+        self.read += 1
+        try:
+            shape, rows, used = convert(obj, self.maps)
+        except Reject as e:
+            self.reject(rec, item, e.reason, e.detail, row=obj)
+            return
+        self.shapes[shape] = self.shapes.get(shape, 0) + 1
+        self.read += len(rows) - 1  # one source object may become several rows
+        tags, quality, base_md, taken = provenance(obj, self.maps, self.tag_list, self.source, rec, item)
+        extra = {k: v for k, v in obj.items() if k not in used and k not in taken and k != "metadata"}
+        if "metadata" in obj and not isinstance(obj.get("metadata"), dict):
+            extra["metadata"] = obj["metadata"]
+        for p, c, more in rows:
+            md = {**base_md, "shape": shape, **more}
+            if extra:
+                md["extra"] = extra
+            self.row(rec, item, {"prompt": p, "completion": c, "tags": tags, "quality_score": quality, "metadata": md})
+
+    def row(self, rec: Rec, item, cand: dict) -> None:
+        row, reason, detail = check_row(cand)
+        if reason is not None:
+            self.reject(rec, item, reason, detail, row=cand)
+            return
+        row["prompt"] = clean_text(row["prompt"], self.norm)
+        row["completion"] = clean_text(row["completion"], self.norm)
+        row["tags"] = [clean_text(x, self.norm) for x in row["tags"]]
+        row["metadata"] = clean_value(row["metadata"], self.norm, lambda s: s)
+        self.out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.kept += 1
+
+
+def run_import(ctx: Context, input: str, name: str | None = None, tags: list[str] | None = None,
+               maps: list[str] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+               progress: bool | None = None) -> dict:
+    """Import ``input`` into ``ctx``'s raw level as dataset ``name``; returns the manifest (also written)."""
     t0 = time.time()
     src = Path(input).expanduser()
     if not src.exists():
@@ -292,114 +376,27 @@ def run_import(input: str, name: str | None = None, tags: list[str] | None = Non
     mp = parse_maps(maps)
     fmt = sniff(src, max_line_bytes)
     in_sha = mf.sha256_file(src)
-    out_path = paths.data_dir("raw") / f"{name}.jsonl"
-    rej_path = paths.data_dir("raw") / f"{name}.rejects.jsonl"
-    man_path = mf.manifest_path(name, "raw")
-    red = Redactor()
-    reasons: dict = {}
-    shapes: dict = {}
-    norm: dict = dict(fmt.notes)
-    read = kept = rejected = 0
-    source_name = src.name
+    out_path = ctx.data_file("raw", name)
+    rej_path = ctx.data_dir("raw") / f"{name}.rejects.jsonl"
     bar = make_progress(fmt.size, f"import {name}", progress)
-
-    def reject(f, rec, item, reason, detail, row=None, text=None):
-        nonlocal rejected
-        out = {"line": rec.line}
-        if rec.offset is not None:
-            out["offset"] = rec.offset
-        if item is not None:
-            out["item"] = item
-        out["reason"] = reason
-        out["detail"] = red(detail) if detail else None
-        if row is not None:
-            out["row"] = clean_value(row, {}, red)
-        elif text is not None:
-            out["text"] = clean_value(text, {}, red)
-        f.write(json.dumps(out, ensure_ascii=False) + "\n")
-        reasons[reason] = reasons.get(reason, 0) + 1
-        rejected += 1
-
     try:
         with atomic_open(out_path) as out, atomic_open(rej_path) as rej:
+            imp = Importer(mp, tag_list, src.name, out, rej)
             for rec in iter_records(fmt, max_line_bytes, progress=bar.update):
-                if rec.error is not None:
-                    read += 1
-                    reject(rej, rec, rec.item, rec.error, rec.detail, text=rec.preview)
-                    continue
-                values, problem = parse_values(rec.text)
-                if problem is not None:
-                    read += 1
-                    reason, detail = problem
-                    if reason == "invalid_json" and rec.last:
-                        reason = "truncated_line"
-                    reject(rej, rec, rec.item, reason, detail, text=rec.text)
-                    continue
-                if len(values) > 1:
-                    norm["lines_with_several_objects"] = norm.get("lines_with_several_objects", 0) + 1
-                for k, obj in enumerate(values):
-                    item = k if len(values) > 1 else rec.item
-                    read += 1
-                    try:
-                        shape, rows, used = convert(obj, mp)
-                    except Reject as e:
-                        reject(rej, rec, item, e.reason, e.detail, row=obj)
-                        continue
-                    shapes[shape] = shapes.get(shape, 0) + 1
-                    t, tkey = _tags(obj, mp, tag_list)
-                    q, qkey = _quality(obj, mp)
-                    oid, idkey = _orig_id(obj, mp)
-                    extra = {kk: vv for kk, vv in obj.items()
-                             if kk not in used and kk not in (tkey, qkey, idkey, "metadata")}
-                    base_md = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-                    if "metadata" in obj and not isinstance(obj.get("metadata"), dict):
-                        extra["metadata"] = obj["metadata"]
-                    for p, c, more in rows:
-                        md = dict(base_md)
-                        md.update({"source": source_name, "line": rec.line})
-                        if item is not None:
-                            md["item"] = item
-                        if oid is not None:
-                            md["id"] = oid
-                        if tag_list:
-                            md["tag"] = tag_list[0] if len(tag_list) == 1 else list(tag_list)
-                        md["shape"] = shape
-                        md.update(more)
-                        if extra:
-                            md["extra"] = extra
-                        cand = {"prompt": p, "completion": c, "tags": t, "quality_score": q, "metadata": md}
-                        row, reason, detail = check_row(cand)
-                        if reason is not None:
-                            reject(rej, rec, item, reason, detail, row=cand)
-                            continue
-                        row["prompt"] = clean_text(row["prompt"], norm)
-                        row["completion"] = clean_text(row["completion"], norm)
-                        row["tags"] = [clean_text(x, norm) for x in row["tags"]]
-                        row["metadata"] = clean_value(row["metadata"], norm, lambda s: s)
-                        out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        kept += 1
-                    if len(rows) > 1:
-                        read += len(rows) - 1  # one source object became several rows
-            if read == 0:
+                imp.record(rec)
+            if imp.read == 0:
                 raise UserError(f"{src}: no rows (only blank lines or an empty array); nothing to import")
-            assert read == kept + rejected, (read, kept, rejected)
+            assert imp.read == imp.kept + imp.rejected, (imp.read, imp.kept, imp.rejected)
     finally:
         bar.close()
-    for k in ("blank_lines", "bom", "crlf", "unclosed_array"):
-        if k in fmt.notes:
-            norm[k] = fmt.notes[k]
     man = mf.base(name, "raw", "import", {"input": str(input), "name": name, "tags": tag_list,
                                           "map": {k: "+".join(v) for k, v in mp.items()},
-                                          "max_line_bytes": max_line_bytes})
-    mf.record_io(man, t0, src, in_sha, fmt.mode, read, out_path, kept, rej_path, rejected)
-    man["shapes"] = dict(sorted(shapes.items()))
-    man["reject_reasons"] = dict(sorted(reasons.items()))
+                                          "max_line_bytes": max_line_bytes}, t0)
+    mf.record_io(ctx, man, src, in_sha, fmt.mode, imp.read, out_path, imp.kept, rej_path, imp.rejected)
+    man["shapes"] = dict(sorted(imp.shapes.items()))
+    man["reject_reasons"] = dict(sorted(imp.reasons.items()))
     man["redactions"] = {}
-    man["redactions_in_rejects"] = dict(sorted(red.counts.items()))
-    man["normalizations"] = dict(sorted(norm.items()))
+    man["redactions_in_rejects"] = dict(sorted(imp.red.counts.items()))
+    man["normalizations"] = dict(sorted({**imp.norm, **normalizations(fmt)}.items()))
     man["parent"] = None
-    man["finished_at"] = mf.now()
-    man["duration_s"] = round(time.time() - t0, 3)
-    mf.write(man_path, man)
-    man["_manifest_path"] = str(man_path)
-    return man
+    return mf.finish(man, mf.manifest_path(ctx, name, "raw"), t0)

@@ -1,27 +1,32 @@
 """Manifests: what each data stage read, wrote and did, chained raw -> clean -> processed.
 
+Written by ``ech0 data import|validate``, checked by ``ech0 data verify NAME.STAGE``; in code::
+
     from ech0.data.manifest import manifest_path, load, verify, chain, dataset_digest
-    m = manifest_path("crypto", "processed")    # ECH0_HOME/metadata/crypto.processed.manifest.json
-    verify(m)                                    # re-hash outputs and every parent; raises on mismatch
-    dataset_digest(m)                            # sha256 of the manifest file: the MLflow dataset digest
-    chain(m)                                     # [processed, clean, raw] manifest paths
+    m = manifest_path(ctx, "crypto", "processed")   # <home>/metadata/crypto.processed.manifest.json
+    verify(ctx, m)                                  # re-hash outputs and every parent; raises on mismatch
+    dataset_digest(m)                               # sha256 of the manifest file: the MLflow dataset digest
+    chain(ctx, m)                                   # [processed, clean, raw] manifest paths
 
 A manifest's identity is the sha256 of its file bytes. Each manifest records its parent's path and
 sha256, and its input's sha256 equals the parent's output sha256, so the chain cannot be edited
-or re-ordered without ``verify`` noticing.
+or re-ordered without ``verify`` noticing. Paths under the context's home are stored relative to it
+(:meth:`ech0.context.Context.relative`), so the tree can move.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 
-from ech0 import __version__, paths
+from ech0 import __version__
+from ech0.context import DATA_LEVELS, Context
 from ech0.errors import UserError
-from ech0.io import atomic_write_json, sha256_file
+from ech0.io import atomic_write_json, git_info, sha256_file, utc_now
+
+__all__ = ["manifest_path", "load", "verify", "check", "chain", "dataset_digest", "sha256_file", "VerifyFailed"]
 
 MANIFEST_SCHEMA_VERSION = 1
 KIND = "ech0.data.manifest"
@@ -33,38 +38,8 @@ class VerifyFailed(UserError):
     exit_code = 1
 
 
-def manifest_path(name: str, stage: str) -> Path:
-    return paths.metadata_dir() / f"{name}.{stage}.manifest.json"
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def git_commit() -> dict:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": sha or None, "dirty": dirty if sha else None}
-
-
-def rel(p: str | os.PathLike) -> str:
-    """Paths under ECH0_HOME are stored relative to it (the tree can move); others absolute."""
-    p = Path(p).resolve()
-    try:
-        return p.relative_to(paths.home()).as_posix()
-    except ValueError:
-        return str(p)
-
-
-def resolve(p: str) -> Path:
-    q = Path(p)
-    return q if q.is_absolute() else paths.home() / q
+def manifest_path(ctx: Context, name: str, stage: str) -> Path:
+    return ctx.metadata_dir / f"{name}.{stage}.manifest.json"
 
 
 def count_lines(path: Path) -> int:
@@ -75,23 +50,23 @@ def count_lines(path: Path) -> int:
     return n
 
 
-def file_entry(path: Path, rows: int | None = None) -> dict:
-    return {"path": rel(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
+def file_entry(ctx: Context, path: Path, rows: int | None = None) -> dict:
+    return {"path": ctx.relative(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
             "rows": count_lines(path) if rows is None else rows}
 
 
-def find_parent(input_path: Path) -> dict | None:
+def find_parent(ctx: Context, input_path: Path) -> dict | None:
     """The manifest that produced ``input_path`` (same sha256), looked up by the stage layout."""
     input_path = Path(input_path).resolve()
-    for stage in paths.STAGES:
-        if input_path.parent == paths.data_dir(stage).resolve() and input_path.suffix == ".jsonl":
-            m = manifest_path(input_path.stem, stage)
+    for stage in DATA_LEVELS:
+        if input_path.parent == ctx.data_dir(stage).resolve() and input_path.suffix == ".jsonl":
+            m = manifest_path(ctx, input_path.stem, stage)
             if m.is_file():
                 try:
                     data = load(m)
                 except UserError:
                     return None
-                return {"path": rel(m), "sha256": sha256_file(m), "stage": stage,
+                return {"path": ctx.relative(m), "sha256": sha256_file(m), "stage": stage,
                         "output_sha256": data.get("output", {}).get("sha256")}
     return None
 
@@ -119,7 +94,7 @@ def dataset_digest(path: str | os.PathLike) -> str:
     return sha256_file(path)
 
 
-def chain(path: str | os.PathLike) -> list[Path]:
+def chain(ctx: Context, path: str | os.PathLike) -> list[Path]:
     """This manifest and its ancestors, newest first (stops at a missing parent)."""
     out = [Path(path)]
     seen = {Path(path).resolve()}
@@ -127,14 +102,14 @@ def chain(path: str | os.PathLike) -> list[Path]:
         parent = load(out[-1]).get("parent")
         if not parent:
             return out
-        p = resolve(parent["path"])
+        p = ctx.resolve(parent["path"])
         if p.resolve() in seen or not p.is_file():
             return out
         seen.add(p.resolve())
         out.append(p)
 
 
-def check(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+def check(ctx: Context, path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     """Re-hash every file named by the manifest and its ancestors: (one report per check, failures)."""
     results = []
     failures = []
@@ -148,7 +123,7 @@ def check(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
             ent = m.get(key)
             if not ent:
                 continue
-            f = resolve(ent["path"])
+            f = ctx.resolve(ent["path"])
             if not f.is_file():
                 ok, what = False, "missing"
             else:
@@ -164,7 +139,7 @@ def check(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
         parent = m.get("parent")
         if not parent:
             # the first stage: the user's source file, checked when it is still there
-            src = resolve(inp["path"]) if inp.get("path") else None
+            src = ctx.resolve(inp["path"]) if inp.get("path") else None
             if src is not None and src.is_file():
                 ok = sha256_file(src) == inp.get("sha256")
                 results.append({"manifest": str(cur), "check": f"{label} input", "path": str(src), "ok": ok,
@@ -172,7 +147,7 @@ def check(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
                 if not ok:
                     failures.append(f"{src}: source changed since import")
             break
-        p = resolve(parent["path"])
+        p = ctx.resolve(parent["path"])
         if not p.is_file():
             results.append({"manifest": str(cur), "check": f"{label} parent", "path": str(p), "ok": False,
                             "detail": "parent manifest missing"})
@@ -195,17 +170,23 @@ def check(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     return results, failures
 
 
-def verify(path: str | os.PathLike) -> list[dict]:
-    """``check`` and raise ``VerifyFailed`` (exit 1) naming the first mismatch."""
-    results, failures = check(path)
+def raise_failures(path: str | os.PathLike, failures: list[str]) -> None:
+    """``VerifyFailed`` (exit 1) naming the first of ``check``'s failures, if any."""
     if failures:
         raise VerifyFailed(f"{path}: verification failed: {failures[0]}"
                            + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""))
+
+
+def verify(ctx: Context, path: str | os.PathLike) -> list[dict]:
+    """``check`` and raise ``VerifyFailed`` (exit 1) naming the first mismatch."""
+    results, failures = check(ctx, path)
+    raise_failures(path, failures)
     return results
 
 
-def base(name: str, stage: str, command: str, options: dict) -> dict:
-    g = git_commit()
+def base(name: str, stage: str, command: str, options: dict, t0: float) -> dict:
+    """The head every stage's manifest starts with; ``t0`` is when the stage started (``time.time()``)."""
+    g = git_info()
     return {
         "kind": KIND,
         "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -217,18 +198,25 @@ def base(name: str, stage: str, command: str, options: dict) -> dict:
         "git_commit": g["commit"],
         "git_dirty": g["dirty"],
         "options": options,
-        "started_at": now(),
+        "started_at": utc_now(t0),
     }
 
 
-def record_io(man: dict, t0: float, src: Path, in_sha: str, fmt_mode: str, read: int, out_path: Path,
+def record_io(ctx: Context, man: dict, src: Path, in_sha: str, fmt_mode: str, read: int, out_path: Path,
               kept: int, rej_path: Path, rejected: int) -> dict:
     """The input/output/rejects/counts part every stage's manifest shares."""
-    import time
-
-    man["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t0))
-    man["input"] = {"path": rel(src), "sha256": in_sha, "bytes": src.stat().st_size, "format": fmt_mode, "rows": read}
-    man["output"] = file_entry(out_path, kept)
-    man["rejects"] = file_entry(rej_path, rejected)
+    man["input"] = {"path": ctx.relative(src), "sha256": in_sha, "bytes": src.stat().st_size, "format": fmt_mode,
+                    "rows": read}
+    man["output"] = file_entry(ctx, out_path, kept)
+    man["rejects"] = file_entry(ctx, rej_path, rejected)
     man["counts"] = {"read": read, "kept": kept, "rejected": rejected}
+    return man
+
+
+def finish(man: dict, path: Path, t0: float) -> dict:
+    """Stamp the end time, write the manifest atomically (last, after its files) and return it."""
+    man["finished_at"] = utc_now()
+    man["duration_s"] = round(time.time() - t0, 3)
+    write(path, man)
+    man["_manifest_path"] = str(path)
     return man

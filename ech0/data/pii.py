@@ -1,5 +1,7 @@
 """Offline PII detection: e-mail, phone, payment card (Luhn), IP, IBAN (mod 97), US SSN, UK NINO.
 
+Run by ``ech0 data validate`` (through ech0/data/redact.py) and the eval's safety scan; in code::
+
     from ech0.data.pii import find_pii
     spans = find_pii("mail bob@example.com")   # [(5, 20, "EMAIL")]
 

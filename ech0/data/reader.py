@@ -1,8 +1,10 @@
 """Streaming reader for JSONL, a JSON array, or concatenated (pretty-printed) JSON values.
 
+Every ``ech0 data import|validate`` reads its input through here::
+
     from ech0.data.reader import sniff, iter_records
     fmt = sniff(path)                      # fatal problems (UTF-16, binary, empty) raise UserError
-    for rec in iter_records(path, fmt):    # one Rec per line / array item; nothing dropped silently
+    for rec in iter_records(fmt):          # one Rec per line / array item; nothing dropped silently
         ...
 
 A ``Rec`` is either text to parse (``rec.text``) or an error already found by the reader
@@ -122,6 +124,14 @@ def sniff(path: str | Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> For
                 except (ValueError, UnicodeDecodeError, RecursionError):
                     pass
     return Format(path=path, mode=mode, size=size, start=start, notes=notes)
+
+
+NORMALIZATION_NOTES = ("blank_lines", "bom", "crlf", "unclosed_array")  # reader notes a manifest counts
+
+
+def normalizations(fmt: Format) -> dict:
+    """The reader's notes a manifest records under ``normalizations`` (read them after the last record)."""
+    return {k: fmt.notes[k] for k in NORMALIZATION_NOTES if k in fmt.notes}
 
 
 def iter_records(fmt: Format, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, progress=None) -> Iterator[Rec]:

@@ -1,8 +1,11 @@
-"""The canonical row, reason codes, strict JSON parsing and schema checks.
+"""The canonical row, reason codes, strict JSON parsing, schema checks and reject records.
 
-    from ech0.data.schema import parse_values, check_row
+Used by ``ech0 data import`` and ``ech0 data validate``::
+
+    from ech0.data.schema import parse_values, check_row, reject_record
     values, problem = parse_values(text)        # duplicate keys / NaN / depth are reported, not hidden
     row, reason, detail = check_row(values[0])  # row is the normalised canonical dict, or reason is set
+    reject_record(rec, None, reason, detail, redact, norm, row=values[0])   # one line of a rejects file
 
 Canonical row (one JSON object per line)::
 
@@ -46,7 +49,7 @@ REASONS = {
     "no_assistant_turn": "import: a chat has no assistant message to use as the completion",
     "bad_messages": "import: messages/conversations are not a list of {role, content} / {from, value}",
     "no_instances": "import: a self-instruct task with an empty `instances` list",
-    "too_many_tokens": "prompt + completion is over --max-tokens with the model's tokenizer",
+    "too_many_tokens": "the training row (BOS + prompt template + completion + EOS) is over --max-tokens",
     "low_quality": "quality_score below --min-quality",
     "duplicate": "exact duplicate (normalised text) of a kept row with equal or higher quality",
     "near_duplicate": "near duplicate (MinHash LSH, Jaccard >= threshold) of a kept row",
@@ -84,6 +87,8 @@ class _Hooks:
         return float(name.replace("Infinity", "inf"))
 
 
+REJECT_TEXT_MAX = 1 << 20  # raw text kept in a reject record (the rest is cut, its length recorded)
+
 _HOOKS = _Hooks()
 _DECODER = json.JSONDecoder(object_pairs_hook=_HOOKS.pairs, parse_constant=_HOOKS.constant, strict=False)
 _WS = re.compile(r"[ \t\n\r]*")
@@ -117,6 +122,43 @@ def parse_values(text: str) -> tuple[list, tuple[str, str] | None]:
     if not values:
         return [], ("invalid_json", "no JSON value on the line")
     return values, None
+
+
+def parse_record(rec) -> tuple[list, tuple[str, str, str | None] | None]:
+    """A reader record (:class:`ech0.data.reader.Rec`) -> ``(values, None)``, or ``([], (reason, detail, text))``
+    where ``text`` is the raw line (or the reader's preview of it) to keep in the reject record."""
+    if rec.error is not None:
+        return [], (rec.error, rec.detail, rec.preview)
+    values, problem = parse_values(rec.text)
+    if problem is None:
+        return values, None
+    reason, detail = problem
+    if reason == "invalid_json" and rec.last:
+        reason, detail = "truncated_line", f"last line has no newline and does not parse ({detail})"
+    return [], (reason, detail, rec.text)
+
+
+def reject_record(rec, item: int | None, reason: str, detail: str | None, fix, norm: dict, *, row=None,
+                  text: str | None = None) -> dict:
+    """One line of a rejects file: where the row was (``line``, ``offset``, ``item``), ``reason``,
+    ``detail``, and the row (``row``) or the raw line (``text``), every string cleaned and passed
+    through ``fix`` (the redactor) so no secret reaches the rejects file."""
+    out: dict = {"line": rec.line}
+    if rec.offset is not None and rec.offset >= 0:
+        out["offset"] = rec.offset
+    if item is not None:
+        out["item"] = item
+    out["reason"] = reason
+    if detail:
+        out["detail"] = fix(detail)
+    if row is not None:
+        out["row"] = clean_value(row, norm, fix)
+    elif text is not None:
+        if len(text) > REJECT_TEXT_MAX:
+            out["text_truncated_from"] = len(text)
+            text = text[:REJECT_TEXT_MAX]
+        out["text"] = clean_value(text, norm, fix)
+    return out
 
 
 def _short(s: str, n: int = 40) -> str:

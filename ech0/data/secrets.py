@@ -1,5 +1,7 @@
 """Secret detection and redaction: a gitleaks-style rule table with keyword prefilters.
 
+Run by ``ech0 data validate`` (through ech0/data/redact.py) and the eval's safety scan; in code::
+
     from ech0.data.secrets import find_secrets, RULES
     spans = find_secrets(text)   # [(start, end, rule_name), ...]; never logs the values
 

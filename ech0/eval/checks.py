@@ -3,7 +3,7 @@
     from ech0.eval.checks import run_check
     passed, score, detail = run_check(check, output, reference, loss)
 
-Called by :mod:`ech0.eval.runner`; not run directly. Details describe the check and the numbers,
+Called by :mod:`ech0.eval.evaluate`; not run directly. Details describe the check and the numbers,
 never the output itself (the output may hold a secret; reports show only its redacted form).
 """
 

@@ -3,7 +3,7 @@
     from ech0.eval.gate import decide
     passed, reasons = decide(aggregates, gate_cfg, champion)
 
-Called by :mod:`ech0.eval.runner`; not run directly. Safety is absolute: any flag fails the gate
+Called by :mod:`ech0.eval.evaluate`; not run directly. Safety is absolute: any flag fails the gate
 whatever the scores. Every failed condition adds one reason (a line a person can act on).
 """
 

@@ -3,7 +3,7 @@
     from ech0.eval.report import write, to_markdown
     json_path, md_path = write(data, run_dir / "reports")
 
-Called by :mod:`ech0.eval.runner`; not run directly. Both files are written atomically. Outputs in
+Called by :mod:`ech0.eval.evaluate`; not run directly. Both files are written atomically. Outputs in
 ``data`` are already redacted (secrets, PII and blocklisted phrases replaced by placeholders).
 """
 

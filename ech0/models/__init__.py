@@ -1,10 +1,12 @@
-"""Loading base models and tokenizers: the tiny local one or any Hugging Face id/path.
+"""Base models and tokenizers: the tiny local one or any Hugging Face id/path (core; no mlflow).
 
-    from ech0.models import ensure_base_model, load_tokenizer
-    path = ensure_base_model()            # builds the tiny model once, then returns its folder
+    from ech0.models import resolve, load_model, load_tokenizer
+    path = resolve("local:tiny-llama", {}, ctx.base_models)   # builds the tiny model once, returns its folder
+    model, tok = load_model(path), load_tokenizer(path)
 
-A ``name_or_path`` of ``local:tiny-llama`` means the locally built recipe; anything else goes to
-``AutoModelForCausalLM.from_pretrained`` unchanged (a hub id on a GPU box honours ``HF_HOME``).
+A ``name_or_path`` of ``local:<name>`` means a locally built recipe (:mod:`ech0.models.tiny`) kept
+under the context's base-models folder; anything else goes to ``from_pretrained`` unchanged (a hub
+id on a GPU box honours ``HF_HOME``).
 """
 
 from __future__ import annotations
@@ -14,38 +16,41 @@ from pathlib import Path
 LOCAL_PREFIX = "local:"
 
 
-def ensure_base_model(recipe=None, verbose: bool = True) -> Path:
+def ensure_base_model(base_models: Path, recipe=None, verbose: bool = True) -> Path:
+    """The default tiny recipe's folder under ``base_models``, built on first use."""
     from ech0.models.tiny import TinyRecipe, build
 
-    return build(recipe or TinyRecipe(), verbose=verbose)
+    return build(recipe or TinyRecipe(), base_models, verbose=verbose)
 
 
-def resolve(name_or_path: str, recipe_overrides: dict | None = None) -> str:
-    """Turn ``local:<name>`` into the built model's folder; pass everything else through."""
+def resolve(name_or_path: str, recipe_overrides: dict | None, base_models: Path) -> str:
+    """Turn ``local:<name>`` into the built model's folder under ``base_models``; pass everything else through."""
     if name_or_path.startswith(LOCAL_PREFIX):
         from ech0.models.tiny import TinyRecipe
 
         recipe = TinyRecipe(name=name_or_path[len(LOCAL_PREFIX):], **(recipe_overrides or {}))
-        return str(ensure_base_model(recipe))
+        return str(ensure_base_model(base_models, recipe))
     return name_or_path
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None):
+def load_tokenizer(path: str, revision: str | None = None):
+    """The tokenizer of a resolved model folder or hub id (a pad token is added when it has none)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve(name_or_path), revision=revision)
+    tok = AutoTokenizer.from_pretrained(path, revision=revision)
     if tok.pad_token is None:  # e.g. Mistral ships none; padding is masked, any id will do
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = "sdpa",
+def load_model(path: str, dtype: str = "float32", attn_implementation: str | None = "sdpa",
                revision: str | None = None, device_map=None):
+    """The causal LM of a resolved model folder or hub id."""
     import torch
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        resolve(name_or_path), revision=revision, dtype=getattr(torch, dtype),
+        path, revision=revision, dtype=getattr(torch, dtype),
         attn_implementation=attn_implementation, device_map=device_map)
 
 

@@ -12,16 +12,27 @@ A stage is an MLflow alias (``models:/ech0@production``); every move is an event
 history kept as tags on the registered model, written under a registry-wide lock, and the alias is
 derived from that history (see ech0/registry/history.py for the design and its limits).
 
-Pipeline entry points: :func:`register`, :func:`promote`, :func:`rollback`, :func:`package`,
-:func:`verify`. Exit codes: 0 ok, 1 verification failed, 2 user error (one line on stderr).
-mlflow is imported only when a command runs, so ``--help`` is instant.
+The public API other stages use; each takes the command's :class:`ech0.context.Context` first
+(its store; its ``registry_name`` when no ``name`` is given)::
+
+    register(ctx, run_id, eval_report=..., score=...) -> ModelVersion
+    promote(ctx, version=N | run_id=RUN, stage="production") -> Move      # rollback(ctx, stage=...)
+    resolve_uri(ctx, "models:/ech0@production" | "models:/ech0/3") -> ModelVersion   (UserError if unknown)
+    alias_version(ctx, name, "production") -> ModelVersion | None
+    version_of_run(ctx, run_id) -> ModelVersion | None                   # its newest version
+    tag_version(ctx, mv, {"ech0.smoke": "passed"})                       # record a later stage's result
+    package(ctx, dest, alias="production"), verify(folder) -> [problems]
+
+Exit codes: 0 ok, 1 verification failed, 2 user error (one line on stderr). mlflow is imported only
+when a command runs, so ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 from ech0.registry.cli import main
-from ech0.registry.history import promote, rollback
+from ech0.registry.history import Move, promote, rollback
 from ech0.registry.package import package, verify
-from ech0.registry.store import DEFAULT_NAME, register
+from ech0.registry.store import ALIASES, alias_version, register, resolve_uri, tag_version, version_of_run
 
-__all__ = ["main", "register", "promote", "rollback", "package", "verify", "DEFAULT_NAME"]
+__all__ = ["main", "register", "promote", "rollback", "Move", "package", "verify", "resolve_uri",
+           "alias_version", "version_of_run", "tag_version", "ALIASES"]

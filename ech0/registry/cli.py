@@ -1,4 +1,5 @@
-"""``ech0 registry`` / ``python scripts/model_registry.py``: argparse over ech0.registry's functions."""
+"""``ech0 registry`` (also ``python -m ech0.registry``, and the seed's ``python scripts/model_registry.py``,
+which forwards here): argparse over ech0.registry's functions, with the command's Context built once."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ def _parser() -> argparse.ArgumentParser:
                                 "(stages), promotion history, packages.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--name", default=None, help="registered model name (default: $ECH0_REGISTRY_NAME or ech0)")
+    common.add_argument("--home", default=None, help="ech0's folder (default: $ECH0_HOME, else the current folder)")
     common.add_argument("--tracking-uri", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///$ECH0_HOME/mlflow.db)")
     moves = argparse.ArgumentParser(add_help=False)
-    moves.add_argument("--no-stage-mirror", dest="mirror_stages", action="store_false", default=None,
-                       help="do not mirror the move into MLflow's deprecated stage field "
-                            "(default: mirror; or ECH0_REGISTRY_STAGE_MIRROR=0)")
+    moves.add_argument("--no-stage-mirror", dest="mirror_stages", action="store_false",
+                       help="do not mirror the move into MLflow's deprecated stage field (default: mirror)")
     moves.add_argument("--lock-timeout", type=float, default=120.0, help="seconds to wait for the registry lock")
     sub = p.add_subparsers(dest="cmd", required=True, metavar=COMMANDS)
 
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--version", help="package this registered version")
     src.add_argument("--alias", help="package the version an alias points at (e.g. production)")
     pk.add_argument("--dest", required=True, help="destination folder, inside --root")
-    pk.add_argument("--root", help="the folder --dest must stay inside (default: $ECH0_HOME/packages)")
+    pk.add_argument("--root", help="the folder --dest must stay inside (default: HOME/packages)")
     pk.add_argument("--force", action="store_true", help="replace an existing destination")
 
     v = sub.add_parser("verify", help="re-hash a package against its manifest (exit 1 on any difference)")
@@ -103,14 +104,15 @@ def _run(args) -> None:
         print(f"{args.dir}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
         raise SystemExit(1 if problems else 0)
     _quiet()
+    from ech0.context import Context
     from ech0.registry import history as hist, store
 
-    name = args.name or store.default_name()
-    kw = {"name": name, "tracking_uri": args.tracking_uri}
+    ctx = Context.from_env(home=args.home, tracking_uri=args.tracking_uri, registry_name=args.name)
+    name = ctx.registry_name
     if args.cmd == "register":
-        mv = store.register(args.run_id, run_dir=args.run_dir, base_model=args.base_model, config=args.config,
+        mv = store.register(ctx, args.run_id, run_dir=args.run_dir, base_model=args.base_model, config=args.config,
                             datasets=args.datasets, eval_report=args.eval_report, score=args.score,
-                            description=args.description, **kw)
+                            description=args.description)
         if args.json:
             print(json.dumps({"name": mv.name, "version": mv.version, "run_id": mv.run_id, "tags": mv.tags}, indent=2))
         else:
@@ -118,19 +120,19 @@ def _run(args) -> None:
             print(f"registered {mv.name} version {mv.version} from run {mv.run_id}: gate {t.get('ech0.gate')}"
                   f", score {t.get('ech0.score', '-')} ({t.get('ech0.gate_source')})")
     elif args.cmd == "list":
-        rows = store.table(store.client(args.tracking_uri), name)
+        rows = store.table(store.client(ctx), name)
         print(json.dumps(rows, indent=2) if args.json else store.format_table(rows))
     elif args.cmd == "promote":
-        move = hist.promote(version=args.version, run_id=args.run_id, stage=args.stage, force=args.force,
-                            reason=args.reason, mirror_stages=args.mirror_stages, lock_timeout=args.lock_timeout, **kw)
+        move = hist.promote(ctx, version=args.version, run_id=args.run_id, stage=args.stage, force=args.force,
+                            reason=args.reason, mirror_stages=args.mirror_stages, lock_timeout=args.lock_timeout)
         _print_move(move)
     elif args.cmd == "rollback":
-        move = hist.rollback(stage=args.stage, to_version=args.to_version, reason=args.reason,
-                             mirror_stages=args.mirror_stages, lock_timeout=args.lock_timeout, **kw)
+        move = hist.rollback(ctx, stage=args.stage, to_version=args.to_version, reason=args.reason,
+                             mirror_stages=args.mirror_stages, lock_timeout=args.lock_timeout)
         _print_move(move)
     elif args.cmd == "history":
         stage = store.check_stage(args.stage) if args.stage else None
-        evts, problems = hist.history(repair=args.repair, mirror_stages=args.mirror_stages, **kw)
+        evts, problems = hist.history(ctx, repair=args.repair, mirror_stages=args.mirror_stages)
         evts = [e for e in evts if stage is None or e.stage == stage]
         if args.json:
             print(json.dumps({"events": [e.__dict__ for e in evts], "problems": problems}, indent=2))
@@ -147,8 +149,8 @@ def _run(args) -> None:
     elif args.cmd == "package":
         from ech0.registry.package import package
 
-        out = package(args.dest, run_dir=args.run_dir, version=args.version, alias=args.alias, root=args.root,
-                      force=args.force, **kw)
+        out = package(ctx, args.dest, run_dir=args.run_dir, version=args.version, alias=args.alias, root=args.root,
+                      force=args.force)
         print(f"packaged -> {out}  (check it: ech0 registry verify {out})")
 
 

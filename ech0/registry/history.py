@@ -1,8 +1,8 @@
 """Promotion history and the aliases derived from it; safe with many processes and a shared server.
 
     from ech0.registry import promote, rollback
-    promote(run_id="abc123", stage="production")          # refused unless the version's gate passed
-    rollback(stage="production")                           # back to the version before
+    promote(ctx, run_id="abc123", stage="production")     # refused unless the version's gate passed
+    rollback(ctx, stage="production")                      # back to the version before
 
 Design. MLflow has no transactions across calls, so every move is made under a registry-wide lock
 and the history, not the alias, is the source of truth:
@@ -30,27 +30,20 @@ the newest event by one in-flight move. The lock shows briefly in the UI's model
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from ech0.context import Context
 from ech0.errors import UserError
+from ech0.io import utc_now
 from ech0.registry import store
 
 HISTORY_PREFIX = "ech0.history."
 ACTIVE_RUN_TAG = "active_run"
 LEGACY_STAGE = {"production": "Production", "staging": "Staging"}
 LOCK_SUFFIX = ".ech0-lock"
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _mirror_default() -> bool:
-    return os.environ.get("ECH0_REGISTRY_STAGE_MIRROR", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 @dataclass
@@ -60,8 +53,8 @@ class Event:
     action: str  # promote | rollback | adopt
     from_version: str | None
     to_version: str
-    at: str = field(default_factory=_now)
-    who: str = field(default_factory=store.who)
+    at: str = field(default_factory=utc_now)
+    who: str = ""
     reason: str = ""
     forced: bool = False
     run_id: str = ""
@@ -95,7 +88,7 @@ class StageState:
 
 def replay(evts: list[Event]) -> tuple[dict[str, StageState], list[str]]:
     """Each stage's state after the history, and every inconsistency found on the way."""
-    states = {s: StageState() for s in store.STAGES}
+    states = {s: StageState() for s in store.ALIASES}
     problems = []
     for i, e in enumerate(evts, start=1):
         if e.seq != i:
@@ -117,8 +110,8 @@ def replay(evts: list[Event]) -> tuple[dict[str, StageState], list[str]]:
 class RegistryLock:
     """A lease on ``<name>.ech0-lock``; see the module docstring."""
 
-    def __init__(self, c, name: str, ttl: float = 120.0, timeout: float = 120.0):
-        self.c, self.name, self.ttl, self.timeout = c, name + LOCK_SUFFIX, ttl, timeout
+    def __init__(self, c, name: str, who: str, ttl: float = 120.0, timeout: float = 120.0):
+        self.c, self.name, self.who, self.ttl, self.timeout = c, name + LOCK_SUFFIX, who, ttl, timeout
         self.token = uuid.uuid4().hex
 
     def _holder(self) -> dict | None:
@@ -139,7 +132,7 @@ class RegistryLock:
             try:
                 self.c.create_registered_model(
                     self.name, tags={"ech0.lock.owner": self.token, "ech0.lock.expires": f"{time.time() + self.ttl:.3f}",
-                                     "ech0.lock.who": store.who()},
+                                     "ech0.lock.who": self.who},
                     description="ech0 registry lock: held during one promote/rollback; "
                                 "safe to delete once ech0.lock.expires (epoch seconds) has passed")
                 return self
@@ -218,9 +211,9 @@ class Move:
 class _Txn:
     """One locked read-repair-write cycle on a registered model."""
 
-    def __init__(self, c, name: str, mirror_stages: bool, lock_ttl: float, lock_timeout: float):
-        self.c, self.name, self.mirror = c, name, mirror_stages
-        self.lock = RegistryLock(c, name, ttl=lock_ttl, timeout=lock_timeout)
+    def __init__(self, c, name: str, who: str, mirror_stages: bool, lock_ttl: float, lock_timeout: float):
+        self.c, self.name, self.who, self.mirror = c, name, who, mirror_stages
+        self.lock = RegistryLock(c, name, who, ttl=lock_ttl, timeout=lock_timeout)
         self.repaired: list[str] = []
         self.mirrored: bool | None = None
 
@@ -252,7 +245,7 @@ class _Txn:
         mv = self.c.get_model_version(self.name, to_version)
         e = Event(seq=len(self.events) + 1, stage=stage, action=action, from_version=self.states[stage].current,
                   to_version=str(to_version), reason=reason, forced=forced, run_id=mv.run_id or "",
-                  **({"who": who} if who else {}))
+                  who=who or self.who)
         self.lock.fence()
         self.c.set_registered_model_tag(self.name, e.key, e.to_json())  # the history first ...
         self.events.append(e)
@@ -295,7 +288,7 @@ class _Txn:
 
     def repair(self) -> None:
         """Make every alias agree with the history: roll a half-done move forward, adopt an outside one."""
-        for stage in store.STAGES:
+        for stage in store.ALIASES:
             st, actual = self.states[stage], self.alias(stage)
             if actual == st.current:
                 if stage == "production" and st.last and (self.rm.tags or {}).get(ACTIVE_RUN_TAG) != st.last.run_id:
@@ -307,22 +300,24 @@ class _Txn:
                 self.repaired.append(f"{stage}: alias rolled forward to v{st.current} (history #{st.last.seq})")
             else:
                 e = self.append(stage, "adopt", actual, reason="alias moved outside ech0; adopted into the history",
-                                who=f"external (seen by {store.who()})")
+                                who=f"external (seen by {self.who})")
                 self.repaired.append(f"{stage}: alias v{actual} set outside ech0, adopted as history #{e.seq}")
         if self.repaired:
             self.reload()
 
 
-def _txn(c, name, mirror_stages, lock_ttl, lock_timeout) -> _Txn:
-    return _Txn(c, name, _mirror_default() if mirror_stages is None else mirror_stages, lock_ttl, lock_timeout)
+def _txn(ctx: Context, c, name, mirror_stages, lock_ttl, lock_timeout) -> _Txn:
+    return _Txn(c, name, store.who(ctx), mirror_stages, lock_ttl, lock_timeout)
 
 
-def promote(*, version: str | int | None = None, run_id: str | None = None, stage: str = "production",
-            force: bool = False, reason: str = "", name: str | None = None, tracking_uri: str | None = None,
-            mirror_stages: bool | None = None, lock_ttl: float = 120.0, lock_timeout: float = 120.0) -> Move:
-    """Point ``name@stage`` at a version (by number or newest of a run); the gate must have passed."""
-    name, stage = name or store.default_name(), store.check_stage(stage)
-    c = store.client(tracking_uri)
+def promote(ctx: Context, *, version: str | int | None = None, run_id: str | None = None,
+            stage: str = "production", force: bool = False, reason: str = "", name: str | None = None,
+            mirror_stages: bool = True, lock_ttl: float = 120.0, lock_timeout: float = 120.0) -> Move:
+    """Point ``name@stage`` at a version (by number or newest of a run); the gate must have passed.
+
+    ``name`` defaults to ``ctx.registry_name``; ``mirror_stages`` also moves MLflow's deprecated stage field."""
+    name, stage = name or ctx.registry_name, store.check_stage(stage)
+    c = store.client(ctx)
     mv = store.resolve(c, name, version=version, run_id=run_id)
     verdict, source = store.gate_verdict(c, mv)
     if verdict != "passed":
@@ -332,7 +327,7 @@ def promote(*, version: str | int | None = None, run_id: str | None = None, stag
                             f"(override with --force --reason \"...\")")
         if not reason.strip():
             raise UserError("--force needs --reason \"...\" (it is recorded in the promotion history)")
-    with _txn(c, name, mirror_stages, lock_ttl, lock_timeout) as t:
+    with _txn(ctx, c, name, mirror_stages, lock_ttl, lock_timeout) as t:
         if t.states[stage].current == str(mv.version):
             return Move(name, stage, str(mv.version), None, t.repaired)
         note = reason.strip() if force and verdict != "passed" else (reason.strip() or f"gate {verdict}")
@@ -340,15 +335,15 @@ def promote(*, version: str | int | None = None, run_id: str | None = None, stag
         return Move(name, stage, e.to_version, e, t.repaired, t.mirrored)
 
 
-def rollback(*, stage: str = "production", to_version: str | int | None = None, reason: str = "",
-             name: str | None = None, tracking_uri: str | None = None, mirror_stages: bool | None = None,
-             lock_ttl: float = 120.0, lock_timeout: float = 120.0) -> Move:
+def rollback(ctx: Context, *, stage: str = "production", to_version: str | int | None = None,
+             reason: str = "", name: str | None = None, mirror_stages: bool = True, lock_ttl: float = 120.0,
+             lock_timeout: float = 120.0) -> Move:
     """Move ``name@stage`` back to the version before the current one in its history (or ``to_version``)."""
-    name, stage = name or store.default_name(), store.check_stage(stage)
-    c = store.client(tracking_uri)
+    name, stage = name or ctx.registry_name, store.check_stage(stage)
+    c = store.client(ctx)
     if to_version is not None:
         store.get_version(c, name, to_version)
-    with _txn(c, name, mirror_stages, lock_ttl, lock_timeout) as t:
+    with _txn(ctx, c, name, mirror_stages, lock_ttl, lock_timeout) as t:
         st = t.states[stage]
         earlier = st.stack[:-1]
         if not earlier:
@@ -362,13 +357,13 @@ def rollback(*, stage: str = "production", to_version: str | int | None = None, 
         return Move(name, stage, e.to_version, e, t.repaired, t.mirrored)
 
 
-def history(*, name: str | None = None, tracking_uri: str | None = None, repair: bool = False,
-            mirror_stages: bool | None = None) -> tuple[list[Event], list[str]]:
+def history(ctx: Context, *, name: str | None = None, repair: bool = False,
+            mirror_stages: bool = True) -> tuple[list[Event], list[str]]:
     """The promotion history and its problems (aliases that disagree with it included)."""
-    name = name or store.default_name()
-    c = store.client(tracking_uri)
+    name = name or ctx.registry_name
+    c = store.client(ctx)
     if repair:
-        with _txn(c, name, mirror_stages, 120.0, 120.0) as t:
+        with _txn(ctx, c, name, mirror_stages, 120.0, 120.0) as t:
             rm, repaired = t.rm, t.repaired
     else:
         rm, repaired = store.registered_model(c, name), []

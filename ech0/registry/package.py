@@ -3,9 +3,13 @@
     ech0 registry package --alias production --dest ech0-prod      # -> $ECH0_HOME/packages/ech0-prod
     ech0 registry verify $ECH0_HOME/packages/ech0-prod             # exit 1 if any file changed
 
-Layout: the pyfunc model (``MLmodel``, ``python_model.pkl``, ``code/ech0``, requirements) whose
-``artifacts/<adapter>`` holds the LoRA adapter (or full weights) with its tokenizer and
-``ech0_model.json`` and ``artifacts/<base>`` the base model it needs, plus ``ech0_package.json``:
+    from ech0.registry import package, verify
+    package(ctx, "ech0-prod", alias="production"); verify(ctx.home / "packages" / "ech0-prod") == []
+
+Layout: the pyfunc model as training logs it (:mod:`ech0.mlflow_model`: ``MLmodel``, the model's code
+file, ``code/ech0``, requirements) whose ``artifacts/<adapter>`` holds the LoRA adapter (or full
+weights) with its tokenizer and ``ech0_model.json`` and ``artifacts/<base>`` the base model it
+needs, plus ``ech0_package.json``:
 where each part is, the source, and the sha256 and size of every other file. Built in a temp folder
 beside the destination and renamed into place; an existing destination needs ``--force``.
 """
@@ -14,24 +18,20 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
-from ech0 import paths
+from ech0.context import Context
 from ech0.errors import UserError
+from ech0.io import sha256_file, utc_now
 from ech0.registry import store
 
 MANIFEST = "ech0_package.json"
 FORMAT = "ech0-package/1"
 
 
-def default_root() -> Path:
-    return paths.home() / "packages"
-
-
-def destination(dest: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
-    """``dest`` under ``root`` (default ``$ECH0_HOME/packages``); anything resolving outside it is refused."""
-    root_p = Path(os.path.realpath(Path(root).expanduser() if root else default_root()))
+def destination(ctx: Context, dest: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """``dest`` under ``root`` (default ``<home>/packages``); anything resolving outside it is refused."""
+    root_p = Path(os.path.realpath(Path(root).expanduser() if root else ctx.home / "packages"))
     d = Path(dest).expanduser()
     target = Path(os.path.realpath(d if d.is_absolute() else root_p / d))
     if target == root_p or root_p not in target.parents:
@@ -50,44 +50,30 @@ def _pyfunc_artifacts(model_dir: Path) -> dict[str, str]:
 
 def _save_from_run_dir(run_dir: Path, out: Path) -> dict:
     """Build the pyfunc from a run folder alone (no tracking store needed), as training logs it."""
-    import warnings
-
-    import mlflow.pyfunc
-
-    import ech0
-    from ech0.mlflow_model import META_FILE, Ech0Generator, pip_requirements, signature
+    from ech0.mlflow_model import save_pyfunc
+    from ech0.model_folder import META_FILE, is_adapter, is_model_dir, read_meta
 
     model_dir = run_dir / "model"
-    if not (model_dir / META_FILE).is_file():
+    if not is_model_dir(model_dir):
         raise UserError(f"{run_dir}: no trained model (expected {model_dir / META_FILE})")
-    meta = json.loads((model_dir / META_FILE).read_text())
-    artifacts = {"model": str(model_dir)}
-    if (model_dir / "adapter_config.json").exists():
-        base = Path(meta.get("base_model", ""))
-        if not base.is_dir():
-            raise UserError(f"{run_dir}: the adapter's base model {meta.get('base_model')!r} is not a local folder")
-        artifacts["base"] = str(base)
-    with warnings.catch_warnings():  # MLflow's notes on type hints and pickled python_model
-        warnings.simplefilter("ignore")
-        mlflow.pyfunc.save_model(str(out), python_model=Ech0Generator(), artifacts=artifacts, signature=signature(),
-                                 pip_requirements=pip_requirements(), code_paths=[str(Path(ech0.__file__).parent)])
+    meta = read_meta(model_dir)
+    base = meta.get("base_model") or ""
+    if is_adapter(model_dir) and not Path(base).is_dir():
+        raise UserError(f"{run_dir}: the adapter's base model {base!r} is not a local folder")
+    save_pyfunc(out, model_dir, base)
     return {"kind": "run_dir", "run_dir": str(run_dir), "run_id": meta.get("run_id", run_dir.name)}
 
 
-def _download_version(mv, out: Path, tracking_uri: str | None) -> dict:
+def _download_version(ctx: Context, mv, out: Path) -> dict:
     import mlflow.artifacts
 
-    from ech0 import tracking
-
     mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=str(out),
-                                        tracking_uri=tracking.tracking_uri(tracking_uri))
+                                        tracking_uri=ctx.tracking_uri)
     return {"kind": "registry", "name": mv.name, "version": str(mv.version), "run_id": mv.run_id or "",
-            "gate": (mv.tags or {}).get("ech0.gate", "none"), "tracking_uri": tracking.tracking_uri(tracking_uri)}
+            "gate": (mv.tags or {}).get("ech0.gate", "none"), "tracking_uri": ctx.tracking_uri}
 
 
 def hash_tree(root: Path) -> dict[str, dict]:
-    from ech0.io import sha256_file
-
     files = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
@@ -96,15 +82,16 @@ def hash_tree(root: Path) -> dict[str, dict]:
     return files
 
 
-def package(dest: str | os.PathLike, *, run_dir: str | os.PathLike | None = None, version: str | int | None = None,
-            alias: str | None = None, root: str | os.PathLike | None = None, force: bool = False,
-            name: str | None = None, tracking_uri: str | None = None) -> Path:
-    """Write the package for a run folder, a version, or an alias; return its path."""
+def package(ctx: Context, dest: str | os.PathLike, *, run_dir: str | os.PathLike | None = None,
+            version: str | int | None = None, alias: str | None = None, root: str | os.PathLike | None = None,
+            force: bool = False, name: str | None = None) -> Path:
+    """Write the package for a run folder, a version, or an alias of ``name`` (default
+    ``ctx.registry_name``); return its path."""
     from ech0.io import atomic_dir, atomic_write_json
 
     if sum(x is not None for x in (run_dir, version, alias)) != 1:
         raise UserError("package needs exactly one of --run-dir, --version, --alias")
-    target = destination(dest, root)
+    target = destination(ctx, dest, root)
     if target.exists() and not force:
         raise UserError(f"{target} exists; pass --force to replace it")
     mv = None
@@ -113,15 +100,14 @@ def package(dest: str | os.PathLike, *, run_dir: str | os.PathLike | None = None
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: run folder not found")
     else:
-        name = name or store.default_name()
-        mv = store.resolve(store.client(tracking_uri), name, version=version, alias=alias)
+        mv = store.resolve(store.client(ctx), name or ctx.registry_name, version=version, alias=alias)
     with atomic_dir(target, overwrite=force) as tmp:
-        source = _save_from_run_dir(run_dir, tmp) if mv is None else _download_version(mv, tmp, tracking_uri)
+        source = _save_from_run_dir(run_dir, tmp) if mv is None else _download_version(ctx, mv, tmp)
         if alias:
             source["alias"] = alias
         arts = _pyfunc_artifacts(tmp)
         atomic_write_json(tmp / MANIFEST, {
-            "format": FORMAT, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": source,
+            "format": FORMAT, "created_at": utc_now(), "source": source,
             "adapter_dir": arts.get("model"), "base_dir": arts.get("base"),
             "load": {"mlflow": "mlflow.pyfunc.load_model(DIR)",
                      "transformers": "AutoTokenizer.from_pretrained(DIR/adapter_dir); PeftModel.from_pretrained("
@@ -132,8 +118,6 @@ def package(dest: str | os.PathLike, *, run_dir: str | os.PathLike | None = None
 
 def verify(pkg_dir: str | os.PathLike) -> list[str]:
     """Problems found re-hashing a package (empty when intact)."""
-    from ech0.io import sha256_file
-
     d = Path(pkg_dir)
     if not (d / MANIFEST).is_file():
         raise UserError(f"{pkg_dir}: not an ech0 package (no {MANIFEST})")

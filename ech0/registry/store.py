@@ -1,7 +1,14 @@
 """Registered model versions: the client, resolving what the user names, ``register`` and ``list``.
 
-    from ech0.registry import register
-    mv = register(run_id, eval_report="models/RUN/reports/regression_report.json")   # version N of `ech0`
+    from ech0.registry import register, resolve_uri, alias_version, version_of_run
+    mv = register(ctx, run_id, eval_report="models/RUN/reports/regression_report.json")  # version N
+    mv = resolve_uri(ctx, "models:/ech0@production")       # or models:/ech0/3; UserError if unknown
+    mv = alias_version(ctx, "ech0", "production")          # None when there is no such model or alias
+    mv = version_of_run(ctx, run_id)                       # its newest version, or None
+
+This module is the one place that turns ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` and run ids
+into model versions; every stage (eval, smoke, pipeline) asks it. ``ctx`` is the command's
+:class:`ech0.context.Context`: its store, and its ``registry_name`` when no name is given.
 
 Every version carries ``ech0.*`` tags: run id and folder, base model, config path and sha256,
 dataset digests, the eval report and its sha256, the gate verdict (``passed``/``failed``/``none``)
@@ -16,30 +23,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ech0 import paths, tracking
+from ech0.context import Context
 from ech0.errors import UserError
+from ech0.io import sha256_file, utc_now
 
-DEFAULT_NAME = "ech0"
-STAGES = ("production", "staging")
+ALIASES = ("production", "staging")  # the registry's stages: each an alias, models:/NAME@ALIAS
 MODEL_ARTIFACT = "model"
 TAG_MAX = 5000  # MLflow's limit on one tag value
 GATE_METRIC, SCORE_METRIC, PASS_RATE_METRIC, SAFETY_METRIC = (
     "eval/gate_passed", "eval/mean_score", "eval/pass_rate", "eval/safety_flags")
 
 
-def default_name() -> str:
-    return os.environ.get("ECH0_REGISTRY_NAME") or DEFAULT_NAME
-
-
-def client(uri: str | None = None):
-    """A client on the store; also made MLflow's current store (its SQL registry resolves logged
+def client(ctx: Context):
+    """A client on ``ctx``'s store; also made MLflow's current store (its SQL registry resolves logged
     models through the global URI, and ``models:/`` downloads use it)."""
     import mlflow
     from mlflow import MlflowClient
 
-    uri = tracking.tracking_uri(uri)
-    if uri.startswith("sqlite:"):
-        paths.home().mkdir(parents=True, exist_ok=True)
+    uri = ctx.tracking_uri
+    if ctx.is_local_store:
+        ctx.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -55,8 +58,8 @@ def is_not_found(e: BaseException) -> bool:
 
 def check_stage(stage: str) -> str:
     s = str(stage).strip().lower()
-    if s not in STAGES:
-        raise UserError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if s not in ALIASES:
+        raise UserError(f"unknown stage {stage!r}; expected one of {', '.join(ALIASES)}")
     return s
 
 
@@ -110,6 +113,52 @@ def versions(c, name: str, run_id: str | None = None) -> list:
         if not token:
             break
     return sorted(out, key=lambda mv: int(mv.version), reverse=True)
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (one of the two is None)."""
+    rest = uri[len("models:/"):].strip("/") if uri.startswith("models:/") else ""
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        if name and alias:
+            return name, alias, None
+    elif "/" in rest and rest.rsplit("/", 1)[1].isdigit():
+        name, version = rest.rsplit("/", 1)
+        return name, None, version
+    raise UserError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def resolve_uri(ctx: Context, uri: str):
+    """The model version a ``models:/`` URI names (an alias resolved now: pin ``models:/NAME/VERSION``
+    before loading, an alias may move); ``UserError`` for a bad URI or an unknown model/alias/version."""
+    name, alias, version = parse_model_uri(uri)
+    c = client(ctx)
+    return version_by_alias(c, name, alias) if alias else get_version(c, name, version)
+
+
+def alias_version(ctx: Context, name: str | None, alias: str):
+    """The version ``name@alias`` points at, or None when there is no such registered model or alias."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(ctx).get_model_version_by_alias(name or ctx.registry_name, alias)
+    except MlflowException as e:
+        if is_not_found(e) or error_code(e) == "INVALID_PARAMETER_VALUE":
+            return None
+        raise
+
+
+def version_of_run(ctx: Context, run_id: str, name: str | None = None):
+    """The newest version of ``name`` (default ``ctx.registry_name``) registered from ``run_id``, or None."""
+    found = versions(client(ctx), name or ctx.registry_name, run_id=run_id)
+    return found[0] if found else None
+
+
+def tag_version(ctx: Context, mv, tags: dict[str, Any]) -> None:
+    """Set ``tags`` on model version ``mv`` (values cut to MLflow's limit)."""
+    c = client(ctx)
+    for k, v in tags.items():
+        c.set_model_version_tag(mv.name, str(mv.version), k, str(v)[:TAG_MAX])
 
 
 def resolve(c, name: str, *, version=None, run_id=None, alias=None):
@@ -189,12 +238,6 @@ def gate_verdict(c, mv) -> tuple[str, str]:
 
 # -- register --------------------------------------------------------------------------------------
 
-def _sha(path: Path) -> str:
-    from ech0.io import sha256_file
-
-    return sha256_file(path)
-
-
 def _logged_model_source(c, run) -> tuple[str, str | None]:
     """(source, model_id) of the run's pyfunc logged at artifact path ``model``."""
     run_id = run.info.run_id
@@ -208,14 +251,15 @@ def _logged_model_source(c, run) -> tuple[str, str | None]:
     raise UserError(f"run {run_id} has no logged model at `{MODEL_ARTIFACT}`; train with tracking.log_model=true")
 
 
-def register(run_id: str | None = None, *, run_dir: str | Path | None = None, base_model: str | None = None,
-             config: str | Path | None = None, datasets: list[str] | None = None,
+def register(ctx: Context, run_id: str | None = None, *, run_dir: str | Path | None = None,
+             base_model: str | None = None, config: str | Path | None = None, datasets: list[str] | None = None,
              eval_report: str | Path | None = None, score: float | None = None, name: str | None = None,
-             description: str | None = None, tracking_uri: str | None = None):
-    """Create a new version of ``name`` from the run's logged model, with its provenance as tags."""
+             description: str | None = None):
+    """Create a new version of ``name`` (default ``ctx.registry_name``) from the run's logged model,
+    with its provenance as tags."""
     from mlflow.exceptions import MlflowException
 
-    name = name or default_name()
+    name = name or ctx.registry_name
     if run_dir is not None:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -223,7 +267,7 @@ def register(run_id: str | None = None, *, run_dir: str | Path | None = None, ba
         run_id = run_id or run_dir.name
     if not run_id:
         raise UserError("register needs --run-id (or --run-dir)")
-    c = client(tracking_uri)
+    c = client(ctx)
     try:
         run = c.get_run(run_id)
     except MlflowException as e:
@@ -232,7 +276,7 @@ def register(run_id: str | None = None, *, run_dir: str | Path | None = None, ba
         raise
     rtags = run.data.tags
     if run_dir is None:
-        guess = Path(rtags.get("ech0.run_dir") or paths.run_dir(run_id))
+        guess = Path(rtags.get("ech0.run_dir") or ctx.run_dir(run_id))
         run_dir = guess if guess.is_dir() else None
     source, model_id = _logged_model_source(c, run)
 
@@ -244,12 +288,12 @@ def register(run_id: str | None = None, *, run_dir: str | Path | None = None, ba
     if config and not cfg_path.is_file():
         raise UserError(f"{config}: config not found")
     if cfg_path and cfg_path.is_file():
-        tags["ech0.config"], tags["ech0.config_sha256"] = str(cfg_path), _sha(cfg_path)
+        tags["ech0.config"], tags["ech0.config_sha256"] = str(cfg_path), sha256_file(cfg_path)
     digests: dict[str, str] = {}
     for d in datasets or []:
         if not Path(d).is_file():
             raise UserError(f"{d}: dataset not found")
-        digests[str(d)] = _sha(Path(d))
+        digests[str(d)] = sha256_file(Path(d))
     if not datasets:
         for inp in getattr(run.inputs, "dataset_inputs", None) or []:
             sha = {t.key: t.value for t in inp.tags}.get("sha256") or inp.dataset.digest
@@ -267,7 +311,7 @@ def register(run_id: str | None = None, *, run_dir: str | Path | None = None, ba
     else:
         evidence, src = {"gate": None}, "no evaluation"
     if report is not None:
-        tags["ech0.eval_report"], tags["ech0.eval_report_sha256"] = str(report), _sha(report)
+        tags["ech0.eval_report"], tags["ech0.eval_report_sha256"] = str(report), sha256_file(report)
     if score is not None:
         evidence["score"] = float(score)
     tags["ech0.gate"] = evidence.get("gate") or "none"
@@ -275,8 +319,8 @@ def register(run_id: str | None = None, *, run_dir: str | Path | None = None, ba
     for k in ("score", "pass_rate", "safety_flags"):
         if evidence.get(k) is not None:
             tags[f"ech0.{k}"] = f"{float(evidence[k]):.6g}"
-    tags["ech0.registered_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    tags["ech0.registered_by"] = who()
+    tags["ech0.registered_at"] = utc_now()
+    tags["ech0.registered_by"] = who(ctx)
     description = description or (
         f"ech0 {tags['ech0.preset'] or 'model'} fine-tune of {tags['ech0.base_model'] or '?'} from run {run_id}; "
         f"gate {tags['ech0.gate']}" + (f", score {tags['ech0.score']}" if "ech0.score" in tags else ""))
@@ -291,12 +335,13 @@ def register(run_id: str | None = None, *, run_dir: str | Path | None = None, ba
     return mv
 
 
-def who() -> str:
+def who(ctx: Context) -> str:
+    """``user@host pid N``: ``ctx.user``, else the login name."""
     import getpass
     import socket
 
     try:
-        user = os.environ.get("ECH0_USER") or getpass.getuser()
+        user = ctx.user or getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()} pid {os.getpid()}"

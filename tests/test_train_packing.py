@@ -10,12 +10,12 @@ def test_packed_step_equals_padded_step(tiny_model_dir, peft):
     import torch
     from hydra.utils import instantiate
 
-    from ech0.cli_common import compose
+    from ech0.config import compose
     from ech0.models import load_model, load_tokenizer
     from ech0.sample_data import sample_rows
-    from ech0.trainer.data import collate, tokenize_rows
-    from ech0.trainer.loop import loss_sum
-    from ech0.trainer.packing import collate_packed, enable
+    from ech0.train.data import collate, tokenize_rows
+    from ech0.train.loop import loss_sum
+    from ech0.train.packing import collate_packed, enable
 
     cfg = compose("train", [f"peft={peft}"])
     tok = load_tokenizer(str(tiny_model_dir))

@@ -26,7 +26,7 @@ def test_build_is_cached(tiny_model_dir):
     from ech0.models import ensure_base_model
 
     t = time.time()
-    assert ensure_base_model() == tiny_model_dir
+    assert ensure_base_model(tiny_model_dir.parent) == tiny_model_dir
     assert time.time() - t < 1.0
 
 

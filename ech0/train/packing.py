@@ -1,6 +1,6 @@
 """Padding-free training batches: every row of a step packed into one sequence, attention kept per row.
 
-    from ech0.trainer.packing import collate_packed, enable
+    from ech0.train.packing import collate_packed, enable
     enable(model)                                  # attention computes each packed row on its own
     batch = collate_packed(examples)               # input_ids/labels/position_ids of shape (1, total)
 

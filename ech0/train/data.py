@@ -1,8 +1,9 @@
 """Canonical JSONL rows -> token ids with completion-only labels, and a deterministic batch order.
 
-    examples, stats = tokenize_file("data/processed/x.jsonl", tokenizer, template, max_length=512, truncation="right")
+    rows = read_rows("data/processed/x.jsonl")
+    examples, stats = tokenize_rows(rows, tokenizer, template, max_length=512, truncation="right")
 
-Each row is ``template.format(prompt=...)`` + completion + EOS. Labels are -100 on prompt tokens, so
+Each row is BOS + ``template.format(prompt=...)`` + completion + EOS (:mod:`ech0.prompts`). Labels are -100 on prompt tokens, so
 the loss counts completion tokens only. Truncation policy when a row exceeds ``max_length``:
 ``right`` cuts the completion's tail (EOS lost), ``left`` cuts the prompt's head, ``drop`` skips the row.
 A row whose completion would vanish entirely is skipped either way; every skip is counted.
@@ -62,10 +63,10 @@ def read_rows(path: str | Path) -> list[dict]:
 
 def encode_row(row: dict, tokenizer, template: str, max_length: int, truncation: str) -> Example | str:
     """One row -> Example, or a skip reason."""
-    prompt_ids = tokenizer(template.format(prompt=row["prompt"]), add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None:
-        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
-    completion_ids = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    from ech0.prompts import encode_pair, hf_encoder
+
+    prompt_ids, completion_ids = encode_pair(hf_encoder(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                                             template, row["prompt"], row["completion"])
     overflow = len(prompt_ids) + len(completion_ids) - max_length
     if overflow > 0:
         if truncation == "drop":

@@ -1,9 +1,9 @@
-"""Serving smoke check: ``ech0 smoke --model-uri models:/ech0@production`` (or ``python -m ech0.serving``).
+"""The smoke stage: serve a model and check it, ``ech0 smoke`` / ``python -m ech0.smoke`` / MLproject ``smoke``.
 
     ech0 smoke --model-uri models:/ech0@production [--prompts golden.jsonl] [--max-new-tokens 16]
 
-    from ech0.serving import smoke
-    result = smoke("models:/ech0@production")      # result.passed, result.checks, result.to_dict()
+    from ech0.smoke import smoke
+    result = smoke(ctx, "models:/ech0@production")   # result.passed, result.checks, result.line()
 
 What it proves, in order: ``mlflow models serve -m URI --env-manager local`` starts on 127.0.0.1 and
 a free port and answers ``/ping``; golden prompts sent to ``/invocations`` come back exactly equal to
@@ -11,7 +11,8 @@ what the *evaluated* model generates in process (greedy, :func:`ech0.generation.
 run's ``model/`` folder — so a served base model without its adapter fails); malformed payloads get
 a 4xx while the server stays up and keeps answering correctly. The server is then stopped and, for a
 registry URI, the result is recorded on the model version (tags ``ech0.smoke``, ``ech0.smoke_at``,
-``ech0.smoke_detail``). An alias is resolved to its version first, and that exact version is served.
+``ech0.smoke_detail``). An alias is resolved to its version first (by ech0.registry), and that exact
+version is served.
 
 Exit codes: 0 passed, 1 failed, 2 user error (unknown model, alias, version, prompts file).
 """
@@ -31,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ech0.context import Context
 from ech0.errors import UserError, cli_errors
 
 DEFAULT_PROMPTS = 4  # the first N prompts of the shipped eval sample are the golden prompts
@@ -48,6 +50,7 @@ class SmokeResult:
     reference: str = ""
     port: int | None = None
     seconds: float = 0.0
+    golden: tuple[int, int] = (0, 0)  # (prompts answered exactly as the reference, prompts sent) on first ask
 
     def check(self, name: str, ok: bool, detail: str | dict = "") -> bool:
         self.checks.append({"name": name, "passed": bool(ok), "detail": detail})
@@ -57,10 +60,12 @@ class SmokeResult:
         return asdict(self)
 
     def line(self) -> str:
+        """``smoke: served 4/4 golden prompts equal, 10/10 checks passed on port 5123`` (+ what failed)."""
         failed = [c["name"] for c in self.checks if not c["passed"]]
         what = f"{self.name} v{self.version}" if self.version else self.served_uri
-        return (f"smoke {'PASSED' if self.passed else 'FAILED'}: {what} ({len(self.checks) - len(failed)}/"
-                f"{len(self.checks)} checks, {self.seconds:.0f}s)" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        return (f"smoke{'' if self.passed else ' FAILED'}: served {what}: {self.golden[0]}/{self.golden[1]} golden "
+                f"prompts equal, {len(self.checks) - len(failed)}/{len(self.checks)} checks passed on port "
+                f"{self.port} ({self.seconds:.0f}s)" + (f"; failed: {', '.join(failed)}" if failed else ""))
 
 
 def golden_prompts(path: str | os.PathLike | None = None, n: int = DEFAULT_PROMPTS) -> list[str]:
@@ -132,58 +137,50 @@ MALFORMED = [
 ]
 
 
-def _resolve(uri: str, tracking_uri: str | None):
-    """(client, model version or None, uri to serve, run id) for the URI the user gave."""
-    from ech0.registry import store
+def _resolve(ctx: Context, uri: str):
+    """(model version or None, uri to serve, run id) for the URI the user gave."""
+    from ech0.registry import resolve_uri
 
-    c = store.client(tracking_uri)
     if uri.startswith("models:/"):
-        rest = uri[len("models:/"):].strip("/")
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            mv = store.version_by_alias(c, name, alias)
-        elif "/" in rest and rest.rsplit("/", 1)[1].isdigit():
-            name, v = rest.rsplit("/", 1)
-            mv = store.get_version(c, name, v)
-        else:
-            raise UserError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-        return c, mv, f"models:/{mv.name}/{mv.version}", mv.run_id
+        mv = resolve_uri(ctx, uri)
+        return mv, f"models:/{mv.name}/{mv.version}", mv.run_id
     if uri.startswith("runs:/"):
-        return c, None, uri, uri[len("runs:/"):].split("/", 1)[0]
+        return None, uri, uri[len("runs:/"):].split("/", 1)[0]
     p = Path(uri)
     if not (p / "MLmodel").is_file():
         raise UserError(f"{uri}: not a model URI (models:/NAME@ALIAS, models:/NAME/N, runs:/RUN/model) "
                         f"or a folder with an MLmodel file")
     import yaml
 
-    return c, None, str(p.resolve()), (yaml.safe_load((p / "MLmodel").read_text()) or {}).get("run_id")
+    return None, str(p.resolve()), (yaml.safe_load((p / "MLmodel").read_text()) or {}).get("run_id")
 
 
-def _reference_dir(c, run_id: str | None) -> Path | None:
+def _reference_dir(ctx: Context, run_id: str | None) -> Path | None:
     """The run's own ``model/`` folder — what the evaluation stage evaluated."""
-    from ech0 import paths
+    from mlflow import MlflowClient
+
+    from ech0.model_folder import is_model_dir
 
     if not run_id:
         return None
     candidates = []
     try:
-        rd = c.get_run(run_id).data.tags.get("ech0.run_dir")
+        rd = MlflowClient(ctx.tracking_uri).get_run(run_id).data.tags.get("ech0.run_dir")
         if rd:
             candidates.append(Path(rd) / "model")
     except Exception:  # noqa: BLE001 — a run in another store: fall back to the local layout
         pass
-    candidates.append(paths.run_dir(run_id) / "model")
-    return next((d for d in candidates if (d / "ech0_model.json").is_file()), None)
+    candidates.append(ctx.run_dir(run_id) / "model")
+    return next((d for d in candidates if is_model_dir(d)), None)
 
 
 def _reference_outputs(ref: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
     from ech0.generation import generate
-    from ech0.mlflow_model import META_FILE, load_trained
+    from ech0.model_folder import is_adapter, load_trained, read_meta
 
-    meta = json.loads((ref / META_FILE).read_text())
-    base = meta.get("base_model")
+    base = read_meta(ref).get("base_model")
     base_override = None
-    if (ref / "adapter_config.json").exists() and not (base and Path(base).is_dir()):
+    if is_adapter(ref) and not (base and Path(base).is_dir()):
         sibling = ref.parent / "base"  # inside a downloaded pyfunc: artifacts/model beside artifacts/base
         base_override = str(sibling) if sibling.is_dir() else None
     model, tok, meta = load_trained(ref, base_override)
@@ -212,23 +209,23 @@ def _log_tail(path: Path, n: int = 1500) -> str:
         return ""
 
 
-def smoke(model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: int = 16,
-          reference_dir: str | os.PathLike | None = None, tracking_uri: str | None = None, record: bool = True,
-          startup_timeout: float = 300.0, host: str = "127.0.0.1") -> SmokeResult:
-    """Serve ``model_uri`` with ``mlflow models serve`` and check it; see the module docstring."""
-    from ech0 import tracking
+def smoke(ctx: Context, model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: int = 16,
+          reference_dir: str | os.PathLike | None = None, record: bool = True, startup_timeout: float = 300.0,
+          host: str = "127.0.0.1") -> SmokeResult:
+    """Serve ``model_uri`` from ``ctx``'s store with ``mlflow models serve`` and check it (module docstring)."""
+    from ech0.model_folder import META_FILE, is_model_dir
 
     t0 = time.time()
-    c, mv, served, run_id = _resolve(model_uri, tracking_uri)
+    mv, served, run_id = _resolve(ctx, model_uri)
     prompts = prompts or golden_prompts()
     res = SmokeResult(model_uri, served, name=mv.name if mv else None, version=str(mv.version) if mv else None,
                       run_id=run_id)
-    ref = Path(reference_dir) if reference_dir else _reference_dir(c, run_id)
-    if ref is not None and not (ref / "ech0_model.json").is_file():
-        raise UserError(f"{ref}: not a trained model folder (no ech0_model.json)")
+    ref = Path(reference_dir) if reference_dir else _reference_dir(ctx, run_id)
+    if ref is not None and not is_model_dir(ref):
+        raise UserError(f"{ref}: not a trained model folder (no {META_FILE})")
 
     res.port = free_port(host)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(tracking_uri),
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.tracking_uri,
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     workdir = Path(tempfile.mkdtemp(prefix="ech0-smoke-"))
     log = workdir / "serve.log"
@@ -244,7 +241,7 @@ def smoke(model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: i
             import mlflow.artifacts
 
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=served, dst_path=str(workdir / "model"),
-                                                             tracking_uri=tracking.tracking_uri(tracking_uri)))
+                                                             tracking_uri=ctx.tracking_uri))
             ref = local / "artifacts" / "model"
             res.reference = f"{ref} (the logged adapter; the run's folder was not found)"
         else:
@@ -267,6 +264,8 @@ def smoke(model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: i
                 got = json.loads(text)["predictions"] if status == 200 else None
             except (ValueError, KeyError, TypeError):
                 got = None
+            if not res.golden[1]:
+                res.golden = (sum(e == g for e, g in zip(expected, got or [])), len(prompts))
             if got == expected:
                 return res.check(label, True, f"{len(prompts)} prompts equal the in-process reference")
             diff = [{"prompt": p, "expected": e, "served": g} for p, e, g in zip(prompts, expected, got or [None] * len(prompts))
@@ -286,12 +285,15 @@ def smoke(model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: i
         res.passed = bool(res.checks) and all(ch["passed"] for ch in res.checks)
         res.seconds = round(time.time() - t0, 1)
         if record and mv is not None:
-            _record(c, mv, res)
+            _record(ctx, mv, res)
         shutil.rmtree(workdir, ignore_errors=True)
     return res
 
 
-def _record(c, mv, res: SmokeResult) -> None:
+def _record(ctx: Context, mv, res: SmokeResult) -> None:
+    from ech0.io import utc_now
+    from ech0.registry import tag_version
+
     detail = {"served": res.served_uri, "reference": res.reference, "seconds": res.seconds,
               "failed": [ch for ch in res.checks if not ch["passed"]][:3],
               "checks": {ch["name"]: ch["passed"] for ch in res.checks}}
@@ -299,9 +301,8 @@ def _record(c, mv, res: SmokeResult) -> None:
     if len(text) > 5000:
         detail["failed"] = [{"name": ch["name"]} for ch in detail["failed"]]
         text = json.dumps(detail, default=str)[:5000]
-    c.set_model_version_tag(mv.name, mv.version, "ech0.smoke", "passed" if res.passed else "failed")
-    c.set_model_version_tag(mv.name, mv.version, "ech0.smoke_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    c.set_model_version_tag(mv.name, mv.version, "ech0.smoke_detail", text)
+    tag_version(ctx, mv, {"ech0.smoke": "passed" if res.passed else "failed", "ech0.smoke_at": utc_now(),
+                          "ech0.smoke_detail": text})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -310,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-uri", default=None,
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/model, or a model folder "
                         "(default: models:/ech0@production, or $ECH0_REGISTRY_NAME's)")
+    p.add_argument("--home", help="ech0's folder (default: $ECH0_HOME, else the current folder)")
     p.add_argument("--prompts", help="golden prompts: JSONL with a prompt field, or one per line "
                                      f"(default: the first {DEFAULT_PROMPTS} of the shipped eval sample)")
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -327,13 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     from ech0.cli_common import quiet_libraries
 
     quiet_libraries()
+    ctx = Context.from_env(home=args.home, tracking_uri=args.tracking_uri)
     prompts = golden_prompts(args.prompts) if args.prompts else None
-    if args.model_uri is None:
-        from ech0.registry.store import default_name
-
-        args.model_uri = f"models:/{default_name()}@production"
-    res = smoke(args.model_uri, prompts=prompts, max_new_tokens=args.max_new_tokens, reference_dir=args.reference_dir,
-                tracking_uri=args.tracking_uri, record=not args.no_record, startup_timeout=args.timeout)
+    res = smoke(ctx, args.model_uri or f"models:/{ctx.registry_name}@production", prompts=prompts,
+                max_new_tokens=args.max_new_tokens, reference_dir=args.reference_dir, record=not args.no_record,
+                startup_timeout=args.timeout)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=str))
     else:

@@ -1,5 +1,6 @@
-"""Serving smoke check against a real `mlflow models serve`: the trained model passes, its base without
-the adapter fails, malformed payloads get a 4xx while the server stays up, the result lands on the version."""
+"""The smoke stage (ech0.smoke) against a real `mlflow models serve`: the trained model passes, its base
+without the adapter fails, malformed payloads get a 4xx while the server stays up, the result lands on
+the version, and bad model URIs are one-line exit-2 errors."""
 
 from __future__ import annotations
 
@@ -7,30 +8,28 @@ import json
 import shutil
 
 import pytest
-from mlflow_server import log_run, mlflow_server_proc, sqlite_store  # noqa: F401
 
 from ech0.registry import history as hist, store as rstore
-from ech0.serving import main, smoke
+from ech0.smoke import main, smoke
 
 
 def test_served_trained_model_passes_and_is_recorded(sqlite_store, capsys):
     s = sqlite_store
-    rstore.register(s.runs["passed"], name="served", tracking_uri=s.uri)
-    hist.promote(version="1", name="served", tracking_uri=s.uri)
-    try:
+    rstore.register(s.ctx, s.runs["passed"], name="served")
+    hist.promote(s.ctx, version="1", name="served")
+    with pytest.raises(SystemExit) as e:
         main(["--model-uri", "models:/served@production", "--tracking-uri", s.uri, "--json"])
-    except SystemExit as e:
-        code = e.code
     out = capsys.readouterr().out
     res = json.loads(out)
-    assert code == 0, out
+    assert e.value.code == 0, out
     assert res["passed"] and res["version"] == "1" and res["served_uri"] == "models:/served/1"
     assert res["reference"] == str(s.source.run_dir / "model")
     names = [c["name"] for c in res["checks"]]
     assert names[:2] == ["ping", "golden prompts"] and names[-1] == "golden prompts after malformed input"
     assert sum(n.startswith("malformed") for n in names) >= 5
     assert all(400 <= c["detail"]["status"] < 500 for c in res["checks"] if c["name"].startswith("malformed"))
-    tags = rstore.client(s.uri).get_model_version("served", "1").tags
+    assert res["golden"] == [4, 4]
+    tags = rstore.client(s.ctx).get_model_version("served", "1").tags
     assert tags["ech0.smoke"] == "passed" and json.loads(tags["ech0.smoke_detail"])["served"] == "models:/served/1"
 
 
@@ -41,15 +40,15 @@ def test_served_base_without_adapter_fails(sqlite_store, tmp_path):
     base_only = tmp_path / "base-only"
     shutil.copytree(meta["base_model"], base_only)
     (base_only / "ech0_model.json").write_text(json.dumps({**meta, "adapter": False}))
-    run_id = log_run(s.uri, s.home, s.source, gate=1.0, score=0.9, model_dir=base_only)
-    mv = rstore.register(run_id, name="impostor", tracking_uri=s.uri)
-    res = smoke(f"models:/impostor/{mv.version}", tracking_uri=s.uri)
+    mv = rstore.register(s.ctx, s.log_run(gate=1.0, score=0.9, model_dir=base_only), name="impostor")
+    res = smoke(s.ctx, f"models:/impostor/{mv.version}")
     assert not res.passed
     by_name = {c["name"]: c for c in res.checks}
     assert by_name["ping"]["passed"] and not by_name["golden prompts"]["passed"]
     assert by_name["golden prompts"]["detail"]["mismatches"]
     assert all(c["passed"] for n, c in by_name.items() if n.startswith("malformed"))  # the server itself is fine
-    assert rstore.client(s.uri).get_model_version("impostor", mv.version).tags["ech0.smoke"] == "failed"
+    assert rstore.client(s.ctx).get_model_version("impostor", mv.version).tags["ech0.smoke"] == "failed"
+    assert res.line().startswith("smoke FAILED: served impostor v") and "failed: golden prompts" in res.line()
 
 
 @pytest.mark.parametrize("uri, expected", [("models:/nope@production", "not found"),

@@ -8,7 +8,7 @@ Each process reads ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` from its environm
 (``python -m ech0.train``) :func:`init` returns a one-process :class:`Dist` whose methods do nothing.
 Every process holds the whole model wrapped in ``DistributedDataParallel`` (gloo on CPU, NCCL on
 CUDA), computes the loss of its share ``rows[rank::world]`` of each optimizer step's batch, and DDP
-averages the gradients, so a step's update equals the one-process update (see ``Loop.one_step``).
+averages the gradients, so a step's update equals the one-process update (see ``TrainRecipe.train_step``).
 Rank 0 alone opens the MLflow run, writes ``status.json``, checkpoints and the model; evaluation runs
 on every process (same weights, same number) so none of them sits waiting for it.
 """

@@ -1,0 +1,65 @@
+"""A trained model's folder: weights or a LoRA adapter, its tokenizer, and ``ech0_model.json``.
+
+    from ech0.model_folder import is_model_dir, load_trained, read_meta, save_trained
+    save_trained(run_dir / "model", model, tokenizer, {"base_model": ..., "prompt_template": ...})
+    model, tokenizer, meta = load_trained(run_dir / "model")
+
+The meta file records what loading needs: ``base_model`` (the local folder or hub id an adapter
+sits on), ``dtype``, ``prompt_template``, ``run_id``, ``preset``, ``adapter``. This module imports
+neither mlflow nor torch at import time, so eval and training use it without pulling in
+``mlflow.pyfunc`` (ech0.mlflow_model wraps this folder as a pyfunc).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+META_FILE = "ech0_model.json"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's marker: the folder holds an adapter, not full weights
+
+
+def is_model_dir(model_dir: str | os.PathLike) -> bool:
+    return (Path(model_dir) / META_FILE).is_file()
+
+
+def is_adapter(model_dir: str | os.PathLike) -> bool:
+    return (Path(model_dir) / ADAPTER_CONFIG).exists()
+
+
+def read_meta(model_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(model_dir) / META_FILE).read_text())
+
+
+def save_trained(out: str | os.PathLike, model, tokenizer, meta: dict) -> None:
+    """Write the folder atomically (built beside ``out``, renamed into place; an old one is replaced)."""
+    from ech0.io import atomic_dir, atomic_write_json
+
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / META_FILE, {**meta, "adapter": is_adapter(tmp)})
+
+
+def load_trained(model_dir: str | os.PathLike, base_dir: str | None = None):
+    """(model, tokenizer, meta) from a model folder, in eval mode; ``base_dir`` overrides the recorded base.
+
+    An adapter is loaded onto its base with peft explicitly, never left to a library's guesswork.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ech0.models import load_model
+
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if is_adapter(model_dir):
+        from peft import PeftModel
+
+        base = load_model(base_dir or meta["base_model"], dtype=meta.get("dtype", "float32"))
+        model = PeftModel.from_pretrained(base, model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    return model, tok, meta

@@ -1,0 +1,505 @@
+"""Training as one recipe: setup → train → evaluate → save → log, with its state on ``self``.
+
+    python -m ech0.train +preset=lora           # ech0/train/cli.py composes the config and calls fit()
+
+    from ech0.train.recipe import fit
+    result = fit(cfg, ctx)                      # FitResult: run id, folder, losses, the model in memory
+
+In the spirit of torchtune's recipes, one class reads top to bottom: :meth:`TrainRecipe.setup`
+(device, precision, data, base model, adapter, optimizer), :meth:`~TrainRecipe.begin` (a new run's
+params and datasets, or a checkpoint's state), :meth:`~TrainRecipe.train` (the step loop, with
+evaluation and checkpoints), then :meth:`~TrainRecipe.save` and :meth:`~TrainRecipe.log`. Under
+torchrun every process runs the same recipe; rank 0 alone logs and writes: on the other ranks the
+tracker and the status writer accept every call and do nothing, so no step needs an ``if``.
+Loss is the mean over completion tokens of the whole optimizer step (summed over micro-batches,
+divided once), so neither ``grad_accum`` nor the number of processes changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ech0 import tracking
+from ech0.context import Context
+from ech0.errors import UserError, sigterm_as_interrupt
+
+EVAL_ROWS_WITHOUT_SPLIT = 256  # training rows measured before/after when there is no eval file
+
+
+@dataclass
+class FitResult:
+    run_id: str
+    run_dir: Path
+    tracking_uri: str
+    loss_before: float
+    loss_after: float
+    steps: int
+    wall_seconds: float
+    train_seconds: float = 0.0  # wall time of the step loop incl. its logging (no loading, final evaluation, model save)
+    train_tokens: int = 0  # real (non-padding) tokens the step loop processed
+    model: object = field(default=None, repr=False)  # the in-process fine-tuned model (tests, pipeline)
+    tokenizer: object = field(default=None, repr=False)
+    rank: int = 0  # process rank under torchrun: only rank 0 logged, saved and prints the summary
+    heldout: bool = True  # loss_* measured on held-out rows (False: on training rows, no eval file)
+
+
+# ---------------------------------------------------------------------------------------- lookups
+
+
+def device_for(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name}: no CUDA device here; use trainer.device=cpu or auto")
+    return name
+
+
+def find_resume(ctx: Context, resume: str) -> str | None:
+    """The run id to continue, or None for a fresh run."""
+    value = str(resume).strip().lower()
+    if value in ("false", "no", "0", "none", ""):
+        return None
+    from ech0.status import read_status
+
+    if value in ("true", "yes", "1", "latest"):
+        candidates = []
+        for st in ctx.models_dir.glob("*/status.json"):
+            try:
+                s = read_status(st)
+            except (OSError, ValueError):
+                continue
+            if s.get("state") != "succeeded" and any((st.parent / "checkpoints").glob("step-*/state.json")):
+                candidates.append((s.get("updated_at") or "", st.parent.name))
+        if not candidates:
+            raise UserError(f"resume=true: no unfinished run with a checkpoint under {ctx.models_dir}")
+        return max(candidates)[1]
+    if not (ctx.run_dir(str(resume)) / "status.json").exists():
+        raise UserError(f"resume={resume}: no run folder {ctx.run_dir(str(resume))}; pass resume=true or a run id")
+    return str(resume)
+
+
+def lineage(ctx: Context, file: str | Path) -> dict | None:
+    """The data stage's record of ``file`` (re-verified), when it is one of its outputs."""
+    from ech0.context import DATA_LEVELS
+    from ech0.data import manifest as mf, processed_dataset
+
+    p = Path(file).resolve()
+    for level in reversed(DATA_LEVELS):
+        if p.suffix == ".jsonl" and p.parent == ctx.data_dir(level).resolve() and \
+                mf.manifest_path(ctx, p.stem, level).is_file():
+            try:
+                return processed_dataset(ctx, p.stem, level)
+            except UserError as e:  # a tampered chain: refuse to train on it (exit 2, like any bad input)
+                raise UserError(f"{e}; re-run `ech0 data validate` or restore the file") from None
+    return None
+
+
+def dataset_frame(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame({
+        "prompt": [r["prompt"] for r in rows], "completion": [r["completion"] for r in rows],
+        "tags": [json.dumps(r.get("tags", [])) for r in rows],
+        "quality_score": [r.get("quality_score") for r in rows],
+        "metadata": [json.dumps(r.get("metadata", {}), ensure_ascii=False) for r in rows],
+    })
+
+
+def base_path_of(cfg: DictConfig, ctx: Context) -> str:
+    """The base model's folder (``local:*`` built once under the context's base models) or hub id."""
+    from ech0.models import resolve
+
+    return resolve(cfg.model.name_or_path, OmegaConf.to_container(cfg.model.recipe), ctx.base_models)
+
+
+def base_hash(cfg: DictConfig, base_path: str) -> str:
+    from ech0.models import content_hash
+
+    return content_hash(base_path) if Path(base_path).is_dir() else "hub:" + (cfg.model.revision or "unpinned")
+
+
+def fingerprint(cfg: DictConfig, base_digest: str) -> str:
+    """What makes two training jobs the same: resolved config (minus names/paths), data bytes, base weights."""
+    from ech0.io import sha256_file
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("resume", "paths"):
+        c.pop(key, None)
+    for key in ("run_name", "parent_run_id"):
+        c["tracking"].pop(key, None)
+    c["trainer"].pop("progress", None)
+    data = {k: sha256_file(cfg.data[k]) for k in ("train_file", "eval_file") if cfg.data[k]}
+    blob = json.dumps({"config": c, "data": data, "base": base_digest}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def find_finished(cfg: DictConfig, ctx: Context) -> FitResult | None:
+    """A finished run with the same fingerprint whose model folder still exists, else None."""
+    from mlflow.tracking import MlflowClient
+
+    from ech0.model_folder import META_FILE
+
+    fp = fingerprint(cfg, base_hash(cfg, base_path_of(cfg, ctx)))
+    exp_id = tracking.setup(ctx, cfg.tracking.experiment)
+    runs = MlflowClient(ctx.tracking_uri).search_runs(
+        [exp_id], f"tags.`ech0.fingerprint` = '{fp}' and attributes.status = 'FINISHED'", max_results=20,
+        order_by=["attributes.start_time DESC"])
+    for run in runs:
+        run_dir = ctx.run_dir(run.info.run_id)
+        if (run_dir / "model" / META_FILE).exists():
+            t = run.data.tags
+            return FitResult(run.info.run_id, run_dir, ctx.tracking_uri,
+                             float(t.get("ech0.loss_before", "nan")), float(t.get("ech0.loss_after", "nan")),
+                             cfg.trainer.max_steps, (run.info.end_time - run.info.start_time) / 1000)
+    return None
+
+
+# ---------------------------------------------------------------------------------------- the recipe
+
+
+class TrainRecipe:
+    """One training job. ``run()`` = setup → (open the MLflow run) begin → train → evaluate → save → log."""
+
+    def __init__(self, cfg: DictConfig, ctx: Context):
+        self.cfg, self.ctx, self.tc = cfg, ctx, cfg.trainer
+        self.history: dict[str, list] = {"train": [], "eval": []}
+        self.step = 0  # optimizer steps done
+        self.start_step = 0  # where this process began (a resumed run starts at its checkpoint)
+        self.tokens = 0  # real tokens the loop processed in this process
+        self.step_seconds = 0.0  # summed step times (the ETA)
+        self.loop_seconds = 0.0  # wall time of the step loop, logging included (the benchmark's tokens/s)
+        self.name = cfg.tracking.run_name or cfg.preset
+        self.loss_before = self.loss_after = float("nan")
+        self.tracker = tracking.NullTracker()
+        self.status = None
+        self.run_id: str | None = None
+        self.run_dir: Path | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        import torch
+
+        from ech0.train import distributed
+        from ech0.train.precision import choose
+
+        tc = self.tc
+        self.dist = distributed.init(device_for(tc.device))  # one process unless started by torchrun / accelerate
+        self.device = self.dist.device
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        self.resume_id = self.dist.broadcast(find_resume(self.ctx, self.cfg.resume) if self.dist.is_main else None)
+        self.amp_dtype, self.precision_why = self.dist.broadcast(choose(tc.precision, self.device))  # rank 0's
+        self.setup_data()  # a bad data file fails before any model is built or run is opened
+        self.setup_model()
+        self.setup_optimizer()
+
+    def setup_data(self) -> None:
+        from ech0.models import load_tokenizer
+        from ech0.train.data import read_rows, tokenize_rows
+
+        cfg, tc = self.cfg, self.tc
+        self.train_rows = read_rows(cfg.data.train_file)
+        self.eval_rows = read_rows(cfg.data.eval_file) if cfg.data.eval_file else []
+        self.lineage = {"training": lineage(self.ctx, cfg.data.train_file),
+                        "eval": lineage(self.ctx, cfg.data.eval_file) if self.eval_rows else None}
+        with self.dist.main_first():  # a local base model is built once, by rank 0
+            self.base_path = base_path_of(cfg, self.ctx)
+        self.tok = load_tokenizer(self.base_path, revision=cfg.model.revision)
+        tmpl = cfg.data.prompt_template
+        self.train_set, self.train_stats = tokenize_rows(self.train_rows, self.tok, tmpl, tc.max_length, tc.truncation)
+        self.eval_set, _ = tokenize_rows(self.eval_rows, self.tok, tmpl, tc.max_length, tc.truncation)
+        if not self.train_set:
+            raise UserError(f"{cfg.data.train_file}: no row fits trainer.max_length={tc.max_length} "
+                            f"({self.train_stats.skipped})")
+        self.measure = self.eval_set or self.train_set[:EVAL_ROWS_WITHOUT_SPLIT]
+        self.lengths = [len(e) for e in self.train_set]
+        self.steps_per_epoch = math.ceil(len(self.train_set) / tc.batch_size)
+
+    def setup_model(self) -> None:
+        import torch
+        from hydra.utils import instantiate
+
+        from ech0.models import load_model
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        model = load_model(self.base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                           revision=cfg.model.revision)
+        self.model = instantiate(cfg.peft, model=model).to(self.device)  # conf/peft/*.yaml: lora | none
+        if self.tc.packing:
+            from ech0.train.packing import enable
+
+            enable(self.model)
+        self.trained = self.dist.wrap(self.model)  # DDP around the model under torchrun, else the model itself
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def setup_optimizer(self) -> None:
+        import torch
+
+        from ech0.train.loop import make_scheduler
+
+        tc = self.tc
+        # fused: one kernel over all parameters (measured 4.4x faster than the per-tensor loop on 20M params here)
+        self.optimizer = torch.optim.AdamW(self.params, lr=tc.learning_rate, weight_decay=tc.weight_decay,
+                                           fused=self.device.startswith(("cpu", "cuda")))
+        self.scheduler = make_scheduler(self.optimizer, tc.lr_scheduler, tc.warmup_steps, tc.max_steps)
+
+    # ------------------------------------------------------------------ the run
+
+    def new_run_tags(self) -> dict | None:
+        """Tags of a new run (a resumed run keeps its own; other ranks open none)."""
+        if not self.dist.is_main or self.resume_id:
+            return None
+        digest = base_hash(self.cfg, self.base_path)
+        return {"ech0.fingerprint": fingerprint(self.cfg, digest), "ech0.kind": "train", "ech0.preset": self.cfg.preset,
+                "ech0.base_model": self.cfg.model.name_or_path, "ech0.base_model_path": self.base_path,
+                "ech0.base_model_hash": digest, **tracking.git_tags()}
+
+    def attach(self, tracker) -> None:
+        """The open run's tracker, folder and status writer (the run id is rank 0's)."""
+        from ech0.status import StatusWriter
+        from ech0.train.distributed import Null
+
+        self.tracker = tracker
+        self.run_id = self.dist.broadcast(tracker.run_id)
+        self.run_dir = self.ctx.run_dir(self.run_id)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.status = StatusWriter(self.run_dir / "status.json", every_seconds=self.tc.status_every_seconds,
+                                   run_id=self.run_id, mlflow_run_id=self.run_id if self.cfg.tracking.enabled else None,
+                                   max_steps=self.tc.max_steps) if self.dist.is_main else Null()
+
+    def begin(self) -> None:
+        """Continue from the newest checkpoint (a resumed run), or log a new run's inputs and first loss."""
+        from ech0.train import checkpoint
+
+        # Every process loads rank 0's checkpoint (multi-node: models/ on storage all nodes share).
+        state = checkpoint.load_latest(self.run_dir / "checkpoints", self.model, self.optimizer,
+                                       self.scheduler) if self.resume_id else None
+        start = state["step"] if state else 0
+        if self.dist.broadcast(start) != start:  # a rank that cannot read the checkpoint would start over
+            raise UserError(f"rank {self.dist.rank}: no checkpoint of run {self.run_id} under {self.run_dir}; "
+                            "every node must see rank 0's models/ folder (shared storage) to resume")
+        if state is not None:
+            self.step = self.start_step = state["step"]
+            self.loss_before, self.history = state["loss_before"], state["history"]
+            return
+        self.log_inputs()
+        self.loss_before = self.evaluate(self.measure)
+        self.log_eval(0, self.loss_before)
+
+    def log_inputs(self) -> None:
+        """The resolved config, params and datasets of a new run."""
+        cfg, stats = self.cfg, self.train_stats
+        resolved = OmegaConf.to_yaml(cfg, resolve=True)
+        if self.dist.is_main:
+            from ech0.io import atomic_write_text
+
+            atomic_write_text(self.run_dir / "config.yaml", resolved)
+        self.tracker.set_tags({"ech0.run_dir": self.run_dir})
+        self.tracker.log_text(resolved, "config/resolved.yaml")
+        self.tracker.log_params({
+            **tracking.flatten(OmegaConf.to_container(cfg, resolve=True)),
+            "derived.precision": self.precision_why, "derived.device": self.device, "derived.params": self.n_params,
+            "derived.trainable_params": sum(p.numel() for p in self.params), "derived.train_rows": stats.kept,
+            "derived.train_rows_skipped": sum(stats.skipped.values()), "derived.train_rows_truncated": stats.truncated,
+            "derived.eval_rows": len(self.eval_set)})
+        from ech0.io import sha256_file
+
+        for context, rows, file in (("training", self.train_rows, cfg.data.train_file),
+                                    ("eval", self.eval_rows, cfg.data.eval_file)):
+            if not rows:
+                continue
+            record = self.lineage[context]  # the data stage's manifest hash pins the file and its whole chain
+            name = f"{cfg.data.name}-{'train' if context == 'training' else 'eval'}"
+            self.tracker.log_dataset(dataset_frame(rows), name, str(file),
+                                     record["digest"] if record else sha256_file(file), context)
+            for manifest in record["chain"] if record else []:
+                self.tracker.log_artifact(manifest, f"data/{context}")
+
+    # ------------------------------------------------------------------ train
+    def batch_for(self, step: int) -> list:
+        """The rows of optimizer step ``step``: a pure function of (seed, epoch), so resume is exact."""
+        from ech0.train.data import epoch_batches
+
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if getattr(self, "_epoch", (None,))[0] != epoch:
+            self._epoch = (epoch, epoch_batches(len(self.train_set), self.tc.batch_size, self.cfg.seed, epoch,
+                                                self.lengths))
+        return [self.train_set[i] for i in self._epoch[1][index]]
+
+    def collate(self, rows: list):
+        from ech0.train.data import collate
+        from ech0.train.packing import collate_packed
+
+        return collate_packed(rows) if self.tc.packing else collate(rows, self.tok.pad_token_id)
+
+    def train_step(self) -> dict:
+        """One optimizer step on :meth:`batch_for` ``(self.step)``; returns its metrics."""
+        import torch
+
+        from ech0.train.loop import loss_sum
+
+        rows = self.batch_for(self.step)  # the step's global batch: the same on every process
+        n_completion = sum(sum(1 for t in e.labels[1:] if t != -100) for e in rows)
+        # Each of W processes backpropagates (its completion-loss sum) * W / (the step's count); DDP
+        # averages gradients over processes, so the update is the one-process update. W=1: plain mean.
+        share, weight = self.dist.share(rows), self.dist.world
+        if not share:  # fewer rows than processes: join DDP's gradient all-reduce with a zero gradient
+            share, weight = rows[:1], 0
+        k = max(1, self.tc.grad_accum)
+        micro = [share[i::k] for i in range(k) if share[i::k]]
+        total = 0.0
+        for j, part in enumerate(micro):
+            with self.dist.accumulating(self.trained, last=j == len(micro) - 1):
+                s, _ = loss_sum(self.trained, self.collate(part), self.device, self.amp_dtype)
+                (s * weight / n_completion).backward()
+            total += float(s.detach()) if weight else 0.0
+        total = self.dist.sum(total)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.tc.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": total / n_completion, "grad_norm": float(grad_norm), "learning_rate": lr,
+                "tokens": sum(len(e) for e in rows)}
+
+    def train(self) -> None:
+        """Steps from ``self.step`` to ``max_steps``, with evaluations and checkpoints in between."""
+        from tqdm import tqdm
+
+        tc = self.tc
+        self.trained.train()
+        self.status.update(state="running", step=self.step, force=True)
+        bar = tqdm(total=tc.max_steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5,
+                   disable=not (tc.progress and self.dist.is_main), desc=self.name)
+        t_loop = time.perf_counter()
+        while self.step < tc.max_steps:
+            t0 = time.perf_counter()
+            out = self.train_step()
+            self.step += 1
+            out["seconds"] = time.perf_counter() - t0
+            self.after_step(out, bar)
+            if self.step < tc.max_steps and tc.eval_every and self.step % tc.eval_every == 0 and self.eval_set:
+                self.log_eval(self.step, self.evaluate(self.eval_set))
+            if self.step < tc.max_steps and tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                self.save_checkpoint()
+        self.loop_seconds = time.perf_counter() - t_loop
+        bar.close()
+
+    def after_step(self, out: dict, bar) -> None:
+        """Metrics, status.json and the progress bar after one step."""
+        tc, step = self.tc, self.step
+        self.tokens += out["tokens"]
+        self.step_seconds += out["seconds"]
+        tps = out["tokens"] / out["seconds"]
+        eta = (tc.max_steps - step) * self.step_seconds / max(1, step - self.start_step)
+        epoch = step / self.steps_per_epoch
+        self.history["train"].append((step, out["loss"]))
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            self.tracker.log_metrics({"train/loss": out["loss"], "train/learning_rate": out["learning_rate"],
+                                      "train/grad_norm": out["grad_norm"], "train/tokens_per_sec": tps,
+                                      "train/epoch": epoch}, step=step)
+        self.status.update(state="running", step=step, epoch=round(epoch, 4), loss=out["loss"],
+                           learning_rate=out["learning_rate"], tokens_per_sec=round(tps, 1), eta_seconds=round(eta, 1))
+        bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+        bar.update(1)
+
+    def save_checkpoint(self) -> None:
+        from ech0.train import checkpoint
+
+        if self.dist.is_main:  # optimizer states are identical on every process
+            checkpoint.save(self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler,
+                            {"loss_before": self.loss_before, "history": self.history, "mlflow_run_id": self.run_id},
+                            keep=self.tc.keep_checkpoints)
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self, examples) -> float:
+        """Mean teacher-forced loss over the completion tokens of ``examples`` (every process: same number)."""
+        from ech0.train.loop import completion_loss
+
+        return completion_loss(self.model, examples, self.tok.pad_token_id, self.device, self.amp_dtype)
+
+    def log_eval(self, step: int, loss: float) -> None:
+        self.history["eval"].append((step, loss))
+        self.tracker.log_metrics({"eval/loss" if self.eval_set else "train/loss_measured": loss}, step=step)
+
+    # ------------------------------------------------------------------ save and log
+    def save(self) -> None:
+        """The model folder (adapter or full weights, tokenizer, ech0_model.json), rank 0 only."""
+        if self.dist.is_main:
+            _save_model(self.model, self.tok, self.run_dir / "model", self.cfg, self.base_path, self.run_id)
+
+    def log(self) -> None:
+        """Loss curve, config and the MLflow model into the run, and the before/after tags."""
+        if self.dist.is_main:
+            from ech0.plots import loss_curve
+
+            curve = loss_curve(self.history, self.run_dir / "loss_curve.png", title=self.name)
+            self.tracker.log_artifact(curve, "plots")
+            self.tracker.log_artifact(self.run_dir / "config.yaml", "config")
+            if self.cfg.tracking.log_model:
+                _log_model(self.tracker, self.run_dir / "model", self.base_path)
+        self.tracker.set_tags({"ech0.loss_before": f"{self.loss_before:.4f}", "ech0.loss_after": f"{self.loss_after:.4f}"})
+
+    # ------------------------------------------------------------------ all of it
+    def run(self) -> FitResult:
+        from ech0.io import stamp
+
+        t_start = time.time()
+        self.setup()
+        cfg = self.cfg
+        self.name = cfg.tracking.run_name or f"{cfg.preset}-{stamp()}"
+        with tracking.start(self.ctx, cfg.tracking.experiment, self.name, tags=self.new_run_tags(),
+                            resume_run_id=self.resume_id, parent_run_id=cfg.tracking.parent_run_id,
+                            log_system_metrics=cfg.tracking.log_system_metrics,
+                            enabled=cfg.tracking.enabled and self.dist.is_main) as tracker:
+            self.attach(tracker)
+            try:
+                self.begin()
+                self.train()
+                self.loss_after = self.evaluate(self.measure)
+                self.log_eval(self.tc.max_steps, self.loss_after)
+                self.save()
+                self.log()
+                self.status.update(state="succeeded", step=self.tc.max_steps, eta_seconds=0, force=True)
+            except KeyboardInterrupt:
+                self.status.update(state="interrupted", error="interrupted (Ctrl-C or SIGTERM)", force=True)
+                raise
+            except BaseException as e:
+                self.status.update(state="failed", error=f"{type(e).__name__}: {e}"[:2000], force=True)
+                raise
+        return FitResult(self.run_id, self.run_dir, self.ctx.tracking_uri, self.loss_before, self.loss_after,
+                         self.tc.max_steps, time.time() - t_start, train_seconds=self.loop_seconds,
+                         train_tokens=self.tokens, model=self.model, tokenizer=self.tok, rank=self.dist.rank,
+                         heldout=bool(self.eval_set))
+
+
+def fit(cfg: DictConfig, ctx: Context) -> FitResult:
+    """Run one training job (see :class:`TrainRecipe`); Ctrl-C and SIGTERM end the run KILLED."""
+    sigterm_as_interrupt()
+    return TrainRecipe(cfg, ctx).run()
+
+
+def _save_model(model, tok, out: Path, cfg, base_path: str, run_id: str) -> None:
+    from ech0.model_folder import save_trained
+
+    save_trained(out, model, tok, {
+        "base_model": base_path, "base_model_spec": cfg.model.name_or_path, "revision": cfg.model.revision,
+        "dtype": cfg.model.dtype, "prompt_template": cfg.data.prompt_template, "run_id": run_id, "preset": cfg.preset})
+
+
+def _log_model(tracker, model_dir: Path, base_path: str) -> None:
+    from ech0.mlflow_model import log_pyfunc
+
+    log_pyfunc(tracker, model_dir, base_path)  # models from code: nothing pickled

@@ -1,1 +1,0 @@
-"""The training stage's internals: data, adapters, loop, checkpoints, precision. Entry: ``python -m ech0.train``."""

@@ -1,1 +1,0 @@
-"""Helpers shared by tests/test_data*.py (fixtures for the data stage)."""
