@@ -164,10 +164,16 @@ def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: s
             _skipped("train", f"run {trained.run_id} already trained this config, data and base model")
         else:
             trained = _stage("train", fit, cfg, ctx)
+            print(f"train: run {trained.run_id}, {trained.steps} steps in {trained.wall_seconds:.0f}s, completion loss "
+                  f"{trained.loss_before:.3f} -> {trained.loss_after:.3f} on "
+                  f"{'held-out rows' if trained.heldout else 'training rows'}", flush=True)
         out.train_run_id = trained.run_id
         parent.set_tags({"ech0.train_run_id": trained.run_id})
         report = _stage("eval", evaluate, ctx, trained.run_dir, baseline)
         out.gate_passed, out.reasons, out.report = report.passed, list(report.reasons), str(report.report_path)
+        agg = report.aggregates
+        print(f"eval: gate {'PASSED' if report.passed else 'FAILED'}, {agg['passed']}/{agg['cases']} cases "
+              f"(pass rate {agg['pass_rate']:.3f}, mean score {agg['mean_score']:.3f})", flush=True)
 
         mv = registry.version_of_run(ctx, trained.run_id)
         if mv is not None:  # the same training run is registered once; a re-run reuses its version
