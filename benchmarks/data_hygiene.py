@@ -9,7 +9,9 @@ whitespace or zero-width characters), near duplicates (1-3 word edits of an orig
 Jaccard 0.8-0.97 on 5-word shingles, computed exactly), hard negatives (many edits: Jaccard
 0.3-0.7), one secret of every rule type, and PII. Then runs the whole validate stage
 (``--stage processed --dedupe`` with the tokenizer and ``--max-tokens``: every check on) and
-reports ``rows_per_sec``, ``peak_rss_mb`` (this process and its workers), ``near_dup_recall``,
+reports ``rows_per_sec``, ``tokenizer_load_seconds`` (importing transformers, which imports torch, and
+loading the tokenizer whose chat template renders every row: a fixed cost inside ``seconds``, measured
+once more in a fresh process), ``peak_rss_mb`` (this process and its workers), ``near_dup_recall``,
 ``near_dup_precision``, ``secret_recall``, ``false_positive_rate`` (clean rows with any
 redaction), and the same near-dup pass with datasketch's MinHashLSH at default settings
 (``baseline_rows_per_sec``, ``speedup_vs_baseline``), plus detect-secrets' recall/FP on a sample.
@@ -152,16 +154,11 @@ class Gen:
         return out
 
 
-def shingle_set(prompt: str, completion: str, k: int = 5) -> set:
-    from ech0.data.dedupe import normalize
-
-    w = normalize(prompt, completion).split()
-    return {" ".join(w[i: i + k]) for i in range(max(1, len(w) - k + 1))}
-
-
 def jaccard(a: dict, b: dict) -> float:
-    x, y = shingle_set(a["prompt"], a["completion"]), shingle_set(b["prompt"], b["completion"])
-    return len(x & y) / len(x | y)
+    """The true shingle Jaccard of two rows as dedupe sees them (whole conversations, normalised)."""
+    from ech0.data.dedupe import exact_jaccard, normalized
+
+    return exact_jaccard(normalized(a), normalized(b))
 
 
 def generate(path: Path, n: int, seed: int = 7) -> dict:
@@ -265,7 +262,7 @@ def baseline_datasketch(path: Path, limit: int, num_perm: int = 128, threshold: 
     near-dup step alone (the part our numpy MinHash replaces)."""
     from datasketch import MinHash, MinHashLSH
 
-    from ech0.data.dedupe import normalize
+    from ech0.data.dedupe import normalized
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     t = time.perf_counter()
@@ -275,8 +272,7 @@ def baseline_datasketch(path: Path, limit: int, num_perm: int = 128, threshold: 
         for line in f:
             if n >= limit:
                 break
-            r = json.loads(line)
-            w = normalize(r["prompt"], r["completion"]).split()
+            w = normalized(json.loads(line)).split()
             m = MinHash(num_perm=num_perm)
             m.update_batch([" ".join(w[i: i + 5]).encode() for i in range(max(1, len(w) - 4))])
             if lsh.query(m):
@@ -292,7 +288,7 @@ def ours_near_only(path: Path, limit: int) -> dict:
     """Our near-dup step alone on the same rows (normalise + numpy MinHash + LSH + verify)."""
     import numpy as np
 
-    from ech0.data.dedupe import MinHasher, SigStore, near_duplicate_pairs, normalize, to_bbit
+    from ech0.data.dedupe import MinHasher, SigStore, near_duplicate_pairs, normalized, to_bbit
 
     mh = MinHasher()
     store = SigStore()
@@ -303,8 +299,7 @@ def ours_near_only(path: Path, limit: int) -> dict:
         for line in f:
             if n >= limit:
                 break
-            r = json.loads(line)
-            batch.append(normalize(r["prompt"], r["completion"]))
+            batch.append(normalized(json.loads(line)))
             n += 1
             if len(batch) == 512:
                 store.append(to_bbit(mh.signatures(batch)))
@@ -345,6 +340,16 @@ def detect_secrets_eval(n: int = 300, seed: int = 11) -> dict:
     return {"available": True, "secret_recall": round(hit / len(secrets), 4),
             "false_positive_rate": round(fp / len(clean), 4),
             "rows_per_sec": round((len(secrets) + len(clean)) / dt, 1)}
+
+
+def tokenizer_load_seconds(tok: str) -> float:
+    """Seconds a fresh process takes to import the data stage's tokenizer code and load ``tok``."""
+    import subprocess
+
+    code = ("import time; t = time.perf_counter(); from ech0.data.tokens import ChatTokens; "
+            f"ChatTokens({tok!r}); print(time.perf_counter() - t)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else float("nan")
 
 
 def main(argv=None) -> int:
@@ -400,6 +405,7 @@ def main(argv=None) -> int:
         a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
+    load_s = tokenizer_load_seconds(tok)
     load_before = os.getloadavg()[0]
     with PeakRSS() as rss:
         c0 = cpu()
@@ -473,6 +479,8 @@ def main(argv=None) -> int:
         "bytes_per_row": round(size / args.rows),
         "seconds": round(dt, 2),
         "rows_per_sec": round(args.rows / dt, 1),
+        "tokenizer_load_seconds": round(load_s, 2),
+        "rows_per_sec_after_tokenizer_load": round(args.rows / max(1e-9, dt - load_s), 1),
         "cpu_seconds": round(cpu_s, 2),
         "rows_per_cpu_sec": round(args.rows / cpu_s, 1),
         "rows_per_sec_if_all_cores_free": round(min(workers, os.cpu_count() or 1) * args.rows / cpu_s, 1),

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         return generate_outputs(subject, cases, mnt, args.batch_size)
 
     def naive():
-        return [generate(subject.model, subject.tokenizer, [c.prompt], subject.template,
+        return [generate(subject.model, subject.tokenizer, [c.request],
                          max_new_tokens=c.max_new_tokens or mnt, batch_size=1)[0] for c in cases]
 
     def best(fn):
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     t_batched, out_b = best(batched)
     t_naive, out_n = best(naive)
     t = time.perf_counter()
-    reference_losses(subject.model, subject.tokenizer, subject.template, cases, args.batch_size)
+    reference_losses(subject.model, subject.tokenizer, cases, args.batch_size)
     t_loss = time.perf_counter() - t
     new_tokens = sum(len(subject.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in out_b)
     result = {

@@ -96,11 +96,11 @@ def model_flops_per_token(config, avg_len: float) -> float:
     return 6 * matmul_params + attention
 
 
-def heldout_loss(model, tok, rows, template: str) -> float:
+def heldout_loss(model, tok, rows) -> float:
     from ech0.train.data import tokenize_rows
     from ech0.train.loop import completion_loss
 
-    examples, _ = tokenize_rows(rows, tok, template, 1024, "right")
+    examples, _ = tokenize_rows(rows, tok, 1024, "right")
     return completion_loss(model, examples, tok.pad_token_id, "cpu", None, batch_size=8)
 
 
@@ -152,6 +152,9 @@ def run_trl(work: Path, model_dir: str, epochs: int) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     ds = load_dataset("json", data_files=str(work / "train.jsonl"), split="train").select_columns(["prompt", "completion"])
+    # TRL's conversational prompt/completion format: it renders the same chat template ech0 trains with.
+    ds = ds.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}],
+                           "completion": [{"role": "assistant", "content": r["completion"]}]})
     # TRL's defaults, except bf16: SFTConfig turns it on, and bf16 matmuls on a CPU without bf16 units
     # (this one) run 35-300x slower than fp32 -- the run would take hours. Everything else stays default
     # (gradient checkpointing on, padding to the longest row, fused AdamW, max_length 1024).
@@ -173,7 +176,7 @@ def _bf16_fast() -> bool:
     return choose("auto", "cuda" if torch.cuda.is_available() else "cpu")[0] is not None
 
 
-def run_hf(work: Path, model_dir: str, epochs: int, template: str) -> dict:
+def run_hf(work: Path, model_dir: str, epochs: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -183,7 +186,7 @@ def run_hf(work: Path, model_dir: str, epochs: int, template: str) -> dict:
     torch.manual_seed(SEED)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    examples, _ = tokenize_rows(read_rows(work / "train.jsonl"), tok, template, 1024, "right")
+    examples, _ = tokenize_rows(read_rows(work / "train.jsonl"), tok, 1024, "right")
     ds = Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples],
                             "attention_mask": [[1] * len(e) for e in examples]})
     trainer = Trainer(model=model, args=TrainingArguments(**_hf_args(work, epochs)), train_dataset=ds,
@@ -203,9 +206,9 @@ def child(args) -> None:
     elif args.contender == "trl":
         out = run_trl(work, spec["model_dir"], spec["epochs"])
     else:
-        out = run_hf(work, spec["model_dir"], spec["epochs"], spec["template"])
+        out = run_hf(work, spec["model_dir"], spec["epochs"])
     held = [json.loads(line) for line in open(work / "heldout.jsonl")]
-    out["heldout_loss"] = heldout_loss(out.pop("model"), out.pop("tok"), held, spec["template"])
+    out["heldout_loss"] = heldout_loss(out.pop("model"), out.pop("tok"), held)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(out))
 
@@ -225,7 +228,6 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig, AutoTokenizer
 
-    from ech0.config import compose
     from ech0.context import Context
     from ech0.models import ensure_base_model
 
@@ -234,11 +236,10 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     n = args.rows or (32 if args.quick else 160)
     rows = make_rows(tok, n + max(8, n // 10), SEED)
-    template = compose("train", [])["data"]["prompt_template"]
     work = Path(tempfile.mkdtemp(prefix="ech0-bench-"))
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n]))
     (work / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[n:]))
-    (work / "spec.json").write_text(json.dumps({"model_dir": str(model_dir), "epochs": args.epochs, "template": template}))
+    (work / "spec.json").write_text(json.dumps({"model_dir": str(model_dir), "epochs": args.epochs}))
     lengths = sorted(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in rows[:n])
     results, samples = {}, {}
     # Tracking on vs off differs by a few percent, less than one run's noise here: those two run

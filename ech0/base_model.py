@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from ech0.cli_common import quiet_libraries
     from ech0.context import Context
     from ech0.generation import generate
-    from ech0.models import load_model, load_tokenizer, resolve
+    from ech0.models import load_model, load_tokenizer, resolve_config
 
     quiet_libraries()
     ctx = Context.from_config(cfg)
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         from ech0.models.tiny import TinyRecipe, build
 
         build(TinyRecipe(name=cfg.model.name_or_path[len("local:"):], **cfg.model.recipe), ctx.base_models, force=True)
-    path = resolve(cfg.model.name_or_path, dict(cfg.model.recipe), ctx.base_models)
+    path = resolve_config(cfg.model, ctx.base_models)
     model, tok = load_model(path, dtype=cfg.model.dtype), load_tokenizer(path)
-    answer = generate(model, tok, [PROBE], cfg.data.prompt_template, max_new_tokens=24)[0]
+    answer = generate(model, tok, [PROBE], max_new_tokens=24)[0]
     print(f"  folder   {path}\n  params   {sum(p.numel() for p in model.parameters()):,}\n"
           f"  asked    {PROBE}\n  answer   {answer}")
     return 0

@@ -42,6 +42,8 @@ class ModelConfig:
     dtype: str = "float32"  # dtype the weights are loaded in (bfloat16 on GPU boxes)
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     recipe: dict = field(default_factory=dict)  # overrides of ech0.models.tiny.TinyRecipe for local:*
+    gguf_file: Optional[str] = None  # a GGUF file to use instead (converted once into base_models/)
+    packaged_gguf: Optional[str] = None  # package/file.gguf used when the hub id is neither cached nor reachable
 
 
 @dataclass
@@ -89,7 +91,13 @@ class DataConfig:
     name: str = "sample"  # dataset name (data/<stage>/<name>.jsonl for the data stage's outputs)
     train_file: str = MISSING  # canonical JSONL {prompt, completion, tags, quality_score, metadata}
     eval_file: Optional[str] = None  # held-out rows for eval/loss (None: no eval split)
-    prompt_template: str = "### Instruction:\n{prompt}\n\n### Response:\n"  # how a prompt is shown to the model
+    train_on: str = "assistant"  # assistant: every assistant turn + its end-of-turn token | last: the last one | all
+    # Without an eval file, this share of the training rows (by content hash: deterministic) is held out,
+    # at least eval_min_rows and at most eval_max_rows; 0 measures on training rows and says so.
+    eval_fraction: float = 0.05
+    eval_min_rows: int = 8
+    eval_max_rows: int = 256
+    chat_template: Optional[str] = None  # a Jinja chat template replacing the model's own (None: the tokenizer's)
 
 
 @dataclass
@@ -161,7 +169,6 @@ class EvalConfig:
     baseline: Optional[str] = None  # JSONL cases (None: the shipped ech0/eval/baselines/regression.jsonl)
     max_new_tokens: int = 48  # default per case; a case's own max_new_tokens wins
     batch_size: int = 16  # prompts per generate() call and rows per loss batch
-    prompt_template: Optional[str] = None  # None: the model's own (ech0_model.json), else the training default
     report_dir: Optional[str] = None  # None: <run dir>/reports, or $ECH0_HOME/reports/eval/<model>
     seed: int = 0  # generation is greedy; the seed only pins anything stochastic in the model code
     gate: Any = MISSING  # config group: gate/default.yaml
@@ -195,10 +202,12 @@ class DataStageConfig:
     stage: str = "clean"  # --stage: clean | processed (validate)
     tags: List[str] = field(default_factory=list)  # --tag: added to every imported row
     map: List[str] = field(default_factory=list)  # --map FIELD=KEY: override import's shape detection
-    max_tokens: Optional[int] = None  # --max-tokens: reject training rows longer than this (None: no limit)
-    tokenizer: Optional[str] = None  # --tokenizer: folder/file or hub id (None: the model's tokenizer)
+    flatten: bool = False  # --flatten: import chats as prompt/completion (history -> prompt) instead of messages
+    max_turns: int = 64  # --max-turns: reject conversations with more turns (too_many_turns)
+    max_tokens: Optional[int] = None  # --max-tokens: reject rows whose rendered conversation is longer (None: no limit)
+    tokenizer: Optional[str] = None  # --tokenizer: folder or hub id (None: the model's tokenizer)
+    chat_template: Optional[str] = None  # Jinja template replacing the model's own (training's data.chat_template)
     exact_tokens: bool = False  # --exact-tokens: tokenize every row, not only those the byte bound cannot clear
-    prompt_template: str = DataConfig.prompt_template  # training's data.prompt_template: part of each row's length
     min_quality: Optional[float] = None  # --min-quality: reject scored rows below this (unscored rows pass)
     fail_on_secrets: bool = False  # --fail-on-secrets: exit 3, writing nothing, if any row holds a secret
     redact: RedactSchema = field(default_factory=RedactSchema)
@@ -206,7 +215,7 @@ class DataStageConfig:
     max_line_bytes: int = 1 << 20  # --max-line-bytes: longer lines are rejected unread (line_too_long)
     workers: Optional[int] = None  # --workers: processes (None: one per core for inputs over 8 MiB, else 1)
     progress: Optional[bool] = None  # --no-progress: false (None: a bar on a terminal only)
-    model: ModelConfig = field(default_factory=ModelConfig)  # config group: whose tokenizer measures rows
+    model: ModelConfig = field(default_factory=ModelConfig)  # config group: whose chat template and tokenizer
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

@@ -1,11 +1,11 @@
 """A trained model's folder: weights or a LoRA adapter, its tokenizer, and ``ech0_model.json``.
 
     from ech0.model_folder import is_model_dir, load_trained, read_meta, save_trained
-    save_trained(run_dir / "model", model, tokenizer, {"base_model": ..., "prompt_template": ...})
+    save_trained(run_dir / "model", model, tokenizer, {"base_model": ..., "train_on": ...})
     model, tokenizer, meta = load_trained(run_dir / "model")
 
 The meta file records what loading needs: ``base_model`` (the local folder or hub id an adapter
-sits on), ``dtype``, ``prompt_template``, ``run_id``, ``preset``, ``adapter``. This module imports
+sits on), ``dtype``, ``train_on``, ``run_id``, ``preset``, ``adapter``. This module imports
 neither mlflow nor torch at import time, so eval and training use it without pulling in
 ``mlflow.pyfunc`` (ech0.mlflow_model wraps this folder as a pyfunc).
 """
@@ -42,6 +42,23 @@ def save_trained(out: str | os.PathLike, model, tokenizer, meta: dict) -> None:
         atomic_write_json(tmp / META_FILE, {**meta, "adapter": is_adapter(tmp)})
 
 
+def verified_base(meta: dict) -> str:
+    """The base an adapter was trained on, checked: a local folder must hold the recorded weights."""
+    base, recorded = meta["base_model"], meta.get("base_model_hash")
+    if not recorded or recorded.startswith("hub:"):
+        return base  # a hub id (pinned by revision when one was given)
+    from ech0.errors import UserError
+    from ech0.models import content_hash
+
+    if not Path(base).is_dir():
+        raise UserError(f"base model {meta.get('base_model_spec', base)} is not at {base} on this machine: prepare it "
+                        "there (ech0 base-model model=...) or serve a self-contained copy (ech0 registry package)")
+    if content_hash(base) != recorded:
+        raise UserError(f"{base}: its weights are not the ones this adapter was trained on (sha256 "
+                        f"{recorded[:12]}); rebuild that base or use a self-contained package")
+    return base
+
+
 def load_trained(model_dir: str | os.PathLike, base_dir: str | None = None):
     """(model, tokenizer, meta) from a model folder, in eval mode; ``base_dir`` overrides the recorded base.
 
@@ -53,11 +70,13 @@ def load_trained(model_dir: str | os.PathLike, base_dir: str | None = None):
 
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    from ech0.chat import ensure_template
+
+    tok = ensure_template(AutoTokenizer.from_pretrained(model_dir))  # the template training used is in the folder
     if is_adapter(model_dir):
         from peft import PeftModel
 
-        base = load_model(base_dir or meta["base_model"], dtype=meta.get("dtype", "float32"))
+        base = load_model(base_dir or verified_base(meta), dtype=meta.get("dtype", "float32"))
         model = PeftModel.from_pretrained(base, model_dir)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -70,7 +70,7 @@ def _skipped(name: str, why: str) -> None:
     print(f"\n== {name} == skipped: {why}", flush=True)
 
 
-def data_stage(ctx: Context, input: str, name: str | None = None, dedupe: str = "near",
+def data_stage(ctx: Context, input: str, name: str | None = None, dedupe: str = "near", model: dict | None = None,
                experiment: str = "ech0") -> dict:
     """raw dump (or a raw/clean stage file) → ``data/processed/NAME.jsonl``, logged as a nested MLflow run.
 
@@ -104,12 +104,14 @@ def data_stage(ctx: Context, input: str, name: str | None = None, dedupe: str = 
         manifests = []
         if first is None:
             manifests.append(run_import(ctx, str(src), name=name))
+        # rows are checked against the chat template of the model that will train on them
+        renders = {"model": model["name_or_path"], "model_config": model} if model else {}
         if first in (None, "raw"):
             manifests.append(run_validate(ctx, ValidateOptions(input=name if first is None else str(src),
-                                                               stage="clean", name=name)))
+                                                               stage="clean", name=name, **renders)))
         manifests.append(run_validate(ctx, ValidateOptions(input=name if first != "clean" else str(src),
                                                            stage="processed", name=name, dedupe=dedupe != "none",
-                                                           near_dedupe=dedupe == "near")))
+                                                           near_dedupe=dedupe == "near", **renders)))
         for man in manifests:
             print_manifest(man)
             stage = man["stage"]
@@ -143,6 +145,8 @@ def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: s
         dataset_name: str | None = None, dedupe: str = "near") -> PipelineResult:
     """Every stage against ``ctx``'s store and home; see the module docstring."""
     from ech0 import registry, tracking
+    from omegaconf import OmegaConf
+
     from ech0.config import compose
     from ech0.eval.evaluate import evaluate
     from ech0.io import stamp
@@ -153,7 +157,8 @@ def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: s
                         tags={"ech0.kind": "pipeline", "ech0.preset": preset}) as parent:
         out = PipelineResult(parent.run_id)
         if input:
-            record = _stage("data", data_stage, ctx, input, dataset_name, dedupe, cfg.tracking.experiment)
+            record = _stage("data", data_stage, ctx, input, dataset_name, dedupe,
+                            OmegaConf.to_container(cfg.model, resolve=True), cfg.tracking.experiment)
             out.dataset = str(record["path"])
             parent.set_tags({"ech0.dataset": record["name"], "ech0.data_digest": record["digest"]})
             # the processed file replaces the training data; the eval file stays as configured

@@ -1,6 +1,7 @@
 """The smoke stage: serve a model and check it, ``ech0 smoke`` / ``python -m ech0.smoke`` / MLproject ``smoke``.
 
     ech0 smoke --model-uri models:/ech0@production [--prompts golden.jsonl] [--max-new-tokens 16]
+               [--chat-max-tokens 64]
 
     from ech0.smoke import smoke
     result = smoke(ctx, "models:/ech0@production")   # result.passed, result.checks, result.line()
@@ -8,9 +9,14 @@
 What it proves, in order: ``mlflow models serve -m URI --env-manager local`` starts on 127.0.0.1 and
 a free port and answers ``/ping``; golden prompts sent to ``/invocations`` come back exactly equal to
 what the *evaluated* model generates in process (greedy, :func:`ech0.generation.generate` on the
-run's ``model/`` folder — so a served base model without its adapter fails); malformed payloads get
-a 4xx while the server stays up and keeps answering correctly. The server is then stopped and, for a
-registry URI, the result is recorded on the model version (tags ``ech0.smoke``, ``ech0.smoke_at``,
+run's ``model/`` folder — so a served base model without its adapter fails); OpenAI-style chat
+requests (``{"messages": [...], "max_tokens", "temperature": 0}``) come back in the chat-completion
+shape with the in-process answer, finish reason and token counts (:func:`ech0.generation.complete`),
+a 3-turn context gets the in-process answer to those 3 turns (which, where the context matters in
+process, differs from the answer to the last turn alone), and the model ends its turn
+(``finish_reason: stop``); malformed payloads and bad chat requests (unknown role, no messages,
+non-string content, a prompt over the model's length, bad ``max_tokens``) get a 4xx while the server
+stays up and keeps answering correctly. The server is then stopped and, for a registry URI, the result is recorded on the model version (tags ``ech0.smoke``, ``ech0.smoke_at``,
 ``ech0.smoke_detail``). An alias is resolved to its version first (by ech0.registry), and that exact
 version is served.
 
@@ -36,6 +42,7 @@ from ech0.context import Context
 from ech0.errors import UserError, cli_errors
 
 DEFAULT_PROMPTS = 4  # the first N prompts of the shipped eval sample are the golden prompts
+CHAT_MAX_TOKENS = 64  # room for the model to end its turn: the chat checks expect finish_reason "stop"
 
 
 @dataclass
@@ -174,8 +181,45 @@ def _reference_dir(ctx: Context, run_id: str | None) -> Path | None:
     return next((d for d in candidates if is_model_dir(d)), None)
 
 
-def _reference_outputs(ref: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
-    from ech0.generation import generate
+def chat_body(messages: list[dict], max_tokens: int = CHAT_MAX_TOKENS) -> bytes:
+    """An OpenAI chat-completions request, greedy: ``{"messages": [...], "max_tokens": N, "temperature": 0}``."""
+    return json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0}).encode()
+
+
+def chat_contexts(prompts: list[str], answers: list[str]) -> dict[str, list[dict]]:
+    """``single``: the first golden prompt as one user turn; ``multi``: a 3-turn context ending with the
+    same turn (another golden prompt and the reference's own answer to it first)."""
+    j = 1 % len(prompts)
+    single = [{"role": "user", "content": prompts[0]}]
+    return {"single": single,
+            "multi": [{"role": "user", "content": prompts[j]}, {"role": "assistant", "content": answers[j]}, *single]}
+
+
+def bad_chat_payloads(max_positions: int) -> list[tuple[str, bytes]]:
+    """(label, body): chat requests the server must refuse with a 4xx."""
+    hi = [{"role": "user", "content": "hi"}]
+    too_long = " ".join(["word"] * (max_positions + 1))  # at least one token a word: over the model's length
+    cases = [("unknown role", {"messages": [{"role": "wizard", "content": "hi"}]}),
+             ("empty messages", {"messages": []}),
+             ("non-string content", {"messages": [{"role": "user", "content": 5}]}),
+             ("over-long input", {"messages": [{"role": "user", "content": too_long}]}),
+             ("max_tokens below 1", {"messages": hi, "max_tokens": 0}),
+             ("max_tokens over the cap", {"messages": hi, "max_tokens": 10**6})]
+    return [(label, json.dumps(body).encode()) for label, body in cases]
+
+
+@dataclass
+class Reference:
+    """What the evaluated model answers in process: golden texts and chat completions by context name."""
+
+    golden: list[str]
+    contexts: dict[str, list[dict]]  # :func:`chat_contexts`
+    chat: dict  # context name -> ech0.generation.Completion
+    chat_max_tokens: int
+    max_positions: int
+
+
+def _load_reference(ref: Path):
     from ech0.model_folder import is_adapter, load_trained, read_meta
 
     base = read_meta(ref).get("base_model")
@@ -183,8 +227,66 @@ def _reference_outputs(ref: Path, prompts: list[str], max_new_tokens: int) -> li
     if is_adapter(ref) and not (base and Path(base).is_dir()):
         sibling = ref.parent / "base"  # inside a downloaded pyfunc: artifacts/model beside artifacts/base
         base_override = str(sibling) if sibling.is_dir() else None
-    model, tok, meta = load_trained(ref, base_override)
-    return generate(model, tok, prompts, meta["prompt_template"], max_new_tokens=max_new_tokens)
+    model, tok, _ = load_trained(ref, base_override)
+    return model, tok
+
+
+def _reference(ref: Path, prompts: list[str], max_new_tokens: int, chat_max_tokens: int) -> Reference:
+    from ech0.generation import complete, generate
+    from ech0.mlflow_model import context_length
+
+    model, tok = _load_reference(ref)
+    golden = generate(model, tok, prompts, max_new_tokens=max_new_tokens)
+    contexts = chat_contexts(prompts, golden)
+    chat = {name: complete(model, tok, [msgs], max_new_tokens=chat_max_tokens)[0] for name, msgs in contexts.items()}
+    return Reference(golden, contexts, chat, chat_max_tokens, context_length(model))
+
+
+def chat_shape_problems(body) -> list[str]:
+    """What is missing from an OpenAI chat completion (empty: the shape is right)."""
+    if not isinstance(body, dict):
+        return [f"not a JSON object: {str(body)[:100]}"]
+    problems = [f"{k}: {body.get(k)!r}" for k, ok in (("id", str), ("created", int), ("model", str))
+                if not isinstance(body.get(k), ok)]
+    if body.get("object") != "chat.completion":
+        problems.append(f"object: {body.get('object')!r}")
+    choices = body.get("choices")
+    choice = choices[0] if isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    if choice.get("index") != 0 or choice.get("finish_reason") not in ("stop", "length"):
+        problems.append(f"choices: {str(choices)[:150]}")
+    if message.get("role") != "assistant" or not isinstance(message.get("content"), str):
+        problems.append(f"message: {str(message)[:150]}")
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    if not all(isinstance(usage.get(k), int) for k in ("prompt_tokens", "completion_tokens", "total_tokens")):
+        problems.append(f"usage: {usage}")
+    return problems
+
+
+def served_chat(body: dict | None) -> dict | None:
+    """(content, finish_reason, usage) of a served chat completion, to compare with :func:`expected_chat`."""
+    try:
+        choice = body["choices"][0]
+        return {"content": choice["message"]["content"], "finish_reason": choice["finish_reason"],
+                "usage": body["usage"]}
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def expected_chat(c) -> dict:
+    return {"content": c.text, "finish_reason": c.finish_reason,
+            "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                      "total_tokens": c.prompt_tokens + c.completion_tokens}}
+
+
+def _reason(text: str) -> str:
+    """The one-line reason in a served error (MLflow's message ends ``Error: <reason>``)."""
+    try:
+        message = json.loads(text).get("message", text)
+    except (ValueError, AttributeError):
+        message = text
+    reason = str(message).rsplit("Error: ", 1)[-1].strip()
+    return (reason.splitlines() or [""])[0][:200]  # not the echoed input that may follow
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -211,7 +313,7 @@ def _log_tail(path: Path, n: int = 1500) -> str:
 
 def smoke(ctx: Context, model_uri: str, *, prompts: list[str] | None = None, max_new_tokens: int = 16,
           reference_dir: str | os.PathLike | None = None, record: bool = True, startup_timeout: float = 300.0,
-          host: str = "127.0.0.1") -> SmokeResult:
+          host: str = "127.0.0.1", chat_max_tokens: int = CHAT_MAX_TOKENS) -> SmokeResult:
     """Serve ``model_uri`` from ``ctx``'s store with ``mlflow models serve`` and check it (module docstring)."""
     from ech0.model_folder import META_FILE, is_model_dir
 
@@ -246,7 +348,8 @@ def smoke(ctx: Context, model_uri: str, *, prompts: list[str] | None = None, max
             res.reference = f"{ref} (the logged adapter; the run's folder was not found)"
         else:
             res.reference = str(ref)
-        expected = _reference_outputs(ref, prompts, max_new_tokens)
+        reference = _reference(ref, prompts, max_new_tokens, chat_max_tokens)
+        expected = reference.golden
 
         deadline, up = time.time() + startup_timeout, False
         while time.time() < deadline and proc.poll() is None:
@@ -272,14 +375,24 @@ def smoke(ctx: Context, model_uri: str, *, prompts: list[str] | None = None, max
                     if e != g][:3]
             return res.check(label, False, {"status": status, "body": text[:300]} if got is None else {"mismatches": diff})
 
-        golden("golden prompts")
-        golden("golden prompts as dataframe_records", records=True)
-        for label, body, ctype in MALFORMED:
+        def refused(label: str, body: bytes, ctype: str = "application/json") -> bool:
             status, text = _http("POST", f"{base}/invocations", body, content_type=ctype)
             alive = _http("GET", f"{base}/ping", timeout=10)[0] == 200
-            res.check(f"malformed: {label}", 400 <= status < 500 and alive,
-                      {"status": status, "server_up": alive, "body": text[:200]})
+            return res.check(label, 400 <= status < 500 and alive,
+                             {"status": status, "server_up": alive, "reason": _reason(text)})
+
+        golden("golden prompts")
+        golden("golden prompts as dataframe_records", records=True)
+        served = {name: _ask_chat(base, msgs, chat_max_tokens) for name, msgs in reference.contexts.items()}
+        _chat_checks(res, reference, served)
+        for label, body, ctype in MALFORMED:
+            refused(f"malformed: {label}", body, ctype)
+        for label, body in bad_chat_payloads(reference.max_positions):
+            refused(f"bad chat: {label}", body)
         golden("golden prompts after malformed input")
+        again = _ask_chat(base, reference.contexts["single"], chat_max_tokens)
+        res.check("chat after bad requests", served_chat(again) == expected_chat(reference.chat["single"]),
+                  {"expected": expected_chat(reference.chat["single"]), "served": served_chat(again) or again})
     finally:
         stop_process(proc)
         res.passed = bool(res.checks) and all(ch["passed"] for ch in res.checks)
@@ -288,6 +401,40 @@ def smoke(ctx: Context, model_uri: str, *, prompts: list[str] | None = None, max
             _record(ctx, mv, res)
         shutil.rmtree(workdir, ignore_errors=True)
     return res
+
+
+def _ask_chat(base: str, messages: list[dict], max_tokens: int):
+    """The served chat completion (a dict), or ``{"status": ..., "body": ...}`` when it is not one."""
+    status, text = _http("POST", f"{base}/invocations", chat_body(messages, max_tokens))
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    return body if status == 200 and isinstance(body, dict) else {"status": status, "body": text[:300]}
+
+
+def _chat_checks(res: SmokeResult, reference: Reference, served: dict) -> None:
+    """Served chat completions against the in-process ones (module docstring)."""
+    got = {name: served_chat(body) or {"unanswered": body} for name, body in served.items()}
+    want = {name: expected_chat(c) for name, c in reference.chat.items()}
+
+    def pairs(field: str, *names: str) -> dict:
+        return {n: {"expected": want[n][field], "served": got[n].get(field, got[n].get("unanswered"))} for n in names}
+
+    def same(p: dict, value=None) -> bool:
+        return all(v["expected"] == v["served"] and value in (None, v["served"]) for v in p.values())
+
+    problems = chat_shape_problems(served["single"])
+    res.check("chat: response shape", not problems, {"problems": problems} if problems else "an OpenAI chat completion")
+    res.check("chat: greedy answer equals in-process", same(p := pairs("content", "single")), p)
+    res.check("chat: usage equals in-process", same(p := pairs("usage", "single", "multi")), p)
+    # Equal to the in-process answer to the 3 turns, which differs from the answer to the last turn alone
+    # where the context changes it in process (recorded: a model that ignores context cannot show it).
+    in_context = want["multi"]["content"] != want["single"]["content"]
+    res.check("chat: multi-turn context honoured", same(p := pairs("content", "multi")),
+              {**p, "context changes the answer in process": in_context})
+    res.check("chat: finish_reason stop", same(p := pairs("finish_reason", "single", "multi"), "stop"),
+              {**p, "max_tokens": reference.chat_max_tokens})
 
 
 def _record(ctx: Context, mv, res: SmokeResult) -> None:
@@ -315,6 +462,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="golden prompts: JSONL with a prompt field, or one per line "
                                      f"(default: the first {DEFAULT_PROMPTS} of the shipped eval sample)")
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--chat-max-tokens", type=int, default=CHAT_MAX_TOKENS,
+                   help="max_tokens of the chat checks: room for the model to end its turn")
     p.add_argument("--reference-dir", help="the trained model folder to compare with (default: the run's model/)")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or $ECH0_HOME/mlflow.db)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server to start")
@@ -333,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = golden_prompts(args.prompts) if args.prompts else None
     res = smoke(ctx, args.model_uri or f"models:/{ctx.registry_name}@production", prompts=prompts,
                 max_new_tokens=args.max_new_tokens, reference_dir=args.reference_dir, record=not args.no_record,
-                startup_timeout=args.timeout)
+                startup_timeout=args.timeout, chat_max_tokens=args.chat_max_tokens)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=str))
     else:

@@ -104,12 +104,13 @@ class Tracker:
         mlflow.log_input(ds, context=context, tags={"sha256": digest})
 
     def log_model(self, python_model, artifacts: dict[str, str], signature, pip_requirements: list[str],
-                  code_paths: list[str] | None = None, input_example=None):
+                  code_paths: list[str] | None = None, input_example=None, model_config: dict | None = None):
         import mlflow
 
         return mlflow.pyfunc.log_model(
             name="model", python_model=python_model, artifacts=artifacts, signature=signature,
-            pip_requirements=pip_requirements, code_paths=code_paths, input_example=input_example)
+            pip_requirements=pip_requirements, code_paths=code_paths, input_example=input_example,
+            model_config=model_config)
 
     def flush(self) -> None:
         import mlflow

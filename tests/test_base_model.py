@@ -39,3 +39,27 @@ def test_shipped_sample_data_is_what_the_script_generates(tmp_path):
     assert all(set(r) == {"prompt", "completion", "tags", "quality_score", "metadata"} for r in rows)
     eval_prompts = {json.loads(line)["prompt"] for line in sample_data.EVAL_FILE.read_text().splitlines()}
     assert not eval_prompts & {r["prompt"] for r in rows}, "held-out prompts never appear in training"
+
+
+def test_base_model_prints_folder_size_and_an_answer(tiny_model_dir, run_cli):
+    out = run_cli("ech0.cli", "base-model")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"folder   {tiny_model_dir}" in out.stdout and "params   " in out.stdout and "answer   " in out.stdout
+
+
+def test_smollm2_from_its_packaged_gguf(smollm2_dir, run_cli):
+    """The real model: converted once from the packaged GGUF, a standard HF folder, a sensible answer."""
+    info = json.loads((smollm2_dir / "ech0_base.json").read_text())
+    assert info["source"] == "gguf" and info["params"] == 134_515_008 and info["gguf_sha256"][:12] in smollm2_dir.name
+    out = run_cli("ech0.cli", "base-model", "model=smollm2-135m")  # finds the converted folder: no second conversion
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"folder   {smollm2_dir}" in out.stdout and "134,515,008" in out.stdout
+    assert "blue" in out.stdout.split("answer", 1)[1].lower(), out.stdout  # "What color is the sky?"
+
+
+def test_a_file_that_is_not_gguf_is_one_line_exit_2(tmp_path, run_cli):
+    bad = tmp_path / "weights.gguf"
+    bad.write_bytes(b"not a gguf file" * 100)
+    out = run_cli("ech0.cli", "base-model", f"model.gguf_file={bad}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().startswith("error: weights.gguf: ") and len(out.stderr.strip().splitlines()) == 1

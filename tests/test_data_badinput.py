@@ -1,4 +1,5 @@
-"""Bad input: every case has a clear outcome, nothing is lost, fatal problems leave nothing behind.
+"""Bad input: every case has a clear outcome, nothing is lost, fatal problems leave nothing behind
+(conversations included: one reason code for each way a chat can be wrong).
 
     HF_HUB_OFFLINE=1 python -m pytest -q tests/test_data_badinput.py
 """
@@ -12,25 +13,6 @@ import pytest
 
 
 ROW_LINE = json.dumps({"prompt": "What is two plus two?", "completion": "Four."}) + "\n"  # for parametrize
-
-
-@pytest.fixture
-def validate(data_main):
-    """``validate(path, *flags, name="d")``: ``ech0 data validate`` in-process -> (code, out, err)."""
-    return lambda path, *extra, name="d": data_main("validate", "--input", str(path), "--name", name, "--no-progress",
-                                                    *extra)
-
-
-@pytest.fixture
-def rejects(home, read_jsonl):
-    """``rejects(name="d", stage="clean")``: the rejects file's records."""
-    return lambda name="d", stage="clean": read_jsonl(home / "data" / stage / f"{name}.rejects.jsonl")
-
-
-@pytest.fixture
-def reasons(rejects):
-    """``reasons(name="d", stage="clean")``: the reason of each reject, in order."""
-    return lambda name="d", stage="clean": [r["reason"] for r in rejects(name, stage)]
 
 
 def nothing_written(home):
@@ -335,3 +317,58 @@ def test_truncated_array_keeps_complete_items(tmp_path, accounted, validate, rea
     assert code == 0, err
     m = accounted("d", "clean")
     assert m["counts"] == {"read": 2, "kept": 1, "rejected": 1} and reasons() == ["truncated_line"]
+
+
+# ------------------------------------------------------------------------------ conversations
+
+
+def _turns(*pairs) -> list[dict]:
+    return [{"role": r, "content": c} for r, c in pairs]
+
+
+CHAT_OK = _turns(("system", "Be brief."), ("user", "Hi?"), ("assistant", "Hello."))
+BAD_CHATS = [  # (messages, reason, a piece of the detail)
+    (_turns(("user", "Hi?"), ("tool", "42"), ("assistant", "ok")), "unknown_role", "messages[1].role 'tool'"),
+    ([{"role": 3, "content": "x"}, {"role": "assistant", "content": "y"}], "unknown_role", "messages[0].role integer"),
+    (_turns(("user", "Hi?"), ("assistant", "   ")), "empty_content", "messages[1].content is empty"),
+    (_turns(("user", "\x00\x01"), ("assistant", "ok")), "empty_content", "after removing control characters"),
+    ([{"role": "user", "content": [{"type": "text", "text": "Hi?"}]}, {"role": "assistant", "content": "ok"}],
+     "non_string_content", "messages[0].content: expected a string, got array"),
+    ([{"role": "user", "content": None}, {"role": "assistant", "content": "ok"}], "non_string_content", "got null"),
+    (_turns(("system", "s"), ("user", "Hi?"), ("user", "Anyone?")), "no_assistant_turn", "no assistant turn"),
+    (_turns(("user", "Hi?"), ("system", "Be brief."), ("assistant", "ok")), "system_not_first", "messages[1]"),
+    (_turns(*[("user", "q"), ("assistant", "a")] * 33), "too_many_turns", "66 turns > max_turns 64"),
+    ([], "empty_field", "messages is an empty list"),
+    ({"role": "user"}, "wrong_type", "messages: expected an array"),
+    (["hi", {"role": "assistant", "content": "ok"}], "wrong_type", "messages[0]: expected an object"),
+    ([{"role": "user"}, {"role": "assistant", "content": "ok"}], "missing_key", "messages[0]: missing 'content'"),
+    ([{"role": "user", "content": "q", "name": "bob"}, {"role": "assistant", "content": "ok"}], "unknown_key",
+     "messages[0]: unknown key 'name'"),
+]
+
+
+def test_each_conversation_problem_has_its_reason(home, tmp_path, write_jsonl, read_jsonl, accounted, validate,
+                                                   rejects):
+    rows = [{"messages": CHAT_OK}] + [{"messages": m, "tags": ["t"]} for m, _, _ in BAD_CHATS]
+    rows.append({"messages": CHAT_OK, "prompt": "p"})  # a row is a conversation or a pair, not both
+    code, out, err = validate(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert code == 0, err
+    m = accounted("d", "clean")
+    (kept,) = read_jsonl(home / "data/clean/d.jsonl")
+    assert kept["messages"] == CHAT_OK and set(kept) == {"messages", "tags", "quality_score", "metadata"}
+    got = rejects()
+    assert [(r["line"], r["reason"]) for r in got] == [(i + 2, reason) for i, (_, reason, _) in enumerate(BAD_CHATS)] \
+        + [(len(rows), "unknown_key")]
+    for r, (_, _, needle) in zip(got, BAD_CHATS):
+        assert needle in r["detail"], (r["reason"], r["detail"])
+    assert "'prompt'" in got[-1]["detail"] and "messages" in got[-1]["detail"]
+    assert m["reject_reasons"]["unknown_role"] == 2 and m["counts"]["kept"] == 1
+
+
+def test_max_turns_is_configurable(tmp_path, write_jsonl, accounted, validate, reasons):
+    six = {"messages": _turns(*[("user", "q"), ("assistant", "a")] * 3)}
+    p = write_jsonl(tmp_path / "t.jsonl", [six, {"messages": CHAT_OK}])
+    assert validate(p, "--max-turns", "4")[0] == 0
+    assert accounted("d", "clean")["options"]["max_turns"] == 4 and reasons() == ["too_many_turns"]
+    assert validate(p, "max_turns=6", name="e")[0] == 0
+    assert accounted("e", "clean")["counts"]["rejected"] == 0

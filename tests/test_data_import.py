@@ -25,20 +25,70 @@ SHAPES = [
 ]
 
 
-def test_shapes(home, tmp_path, write_jsonl, read_jsonl, data_main, accounted):
-    p = write_jsonl(tmp_path / "mixed.jsonl", [s[0] for s in SHAPES])
-    code, out, err = data_main("import", "--input", str(p), "--tag", "crypto", "--no-progress")
+CHAT_TURNS = {  # what the default import keeps of SHAPES' chats: every turn, roles canonical
+    4: [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+    5: [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "a1"}, {"role": "user", "content": "more"},
+        {"role": "assistant", "content": "a2"}],
+    6: [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+}
+
+
+def _import_shapes(tmp_path, write_jsonl, read_jsonl, data_main, home, name, *flags):
+    p = write_jsonl(tmp_path / f"{name}.jsonl", [s[0] for s in SHAPES])
+    code, out, err = data_main("import", "--input", str(p), "--tag", "crypto", "--no-progress", *flags)
     assert code == 0, err
-    m = accounted("mixed", "raw")
-    rows = read_jsonl(home / "data/raw/mixed.jsonl")
-    for (obj, shape, prompt, completion), r in zip(SHAPES, rows):
-        assert (r["metadata"]["shape"], r["prompt"], r["completion"]) == (shape, prompt, completion)
-        assert r["metadata"]["source"] == "mixed.jsonl" and r["metadata"]["tag"] == "crypto"
-        assert "crypto" in r["tags"] and set(r) == {"prompt", "completion", "tags", "quality_score", "metadata"}
-    assert rows[0]["metadata"]["id"] == 7 and rows[0]["quality_score"] == 0.5 and rows[0]["tags"] == ["x", "crypto"]
+    rows = read_jsonl(home / f"data/raw/{name}.jsonl")
+    for (obj, shape, _, _), r in zip(SHAPES, rows):
+        assert r["metadata"]["shape"] == shape and r["metadata"]["source"] == f"{name}.jsonl"
+        assert r["metadata"]["tag"] == "crypto" and "crypto" in r["tags"]
     assert [r["metadata"]["line"] for r in rows] == list(range(1, len(SHAPES) + 1))
+    return rows, out
+
+
+def test_shapes(home, tmp_path, write_jsonl, read_jsonl, data_main, accounted):
+    rows, out = _import_shapes(tmp_path, write_jsonl, read_jsonl, data_main, home, "mixed")
+    m = accounted("mixed", "raw")
+    for i, ((obj, shape, prompt, completion), r) in enumerate(zip(SHAPES, rows)):
+        if i in CHAT_TURNS:  # chats keep their turns by default
+            assert r["messages"] == CHAT_TURNS[i] and r["metadata"]["turns"] == len(CHAT_TURNS[i])
+            assert set(r) == {"messages", "tags", "quality_score", "metadata"}
+        else:
+            assert (r["prompt"], r["completion"]) == (prompt, completion)
+            assert set(r) == {"prompt", "completion", "tags", "quality_score", "metadata"}
+    assert rows[0]["metadata"]["id"] == 7 and rows[0]["quality_score"] == 0.5 and rows[0]["tags"] == ["x", "crypto"]
     assert m["shapes"]["openai_chat"] == 2 and "self_instruct" not in m["shapes"]
-    assert "shapes" in out
+    assert m["options"]["flatten"] is False and "shapes" in out
+
+
+def test_flatten_makes_chats_prompt_completion(home, tmp_path, write_jsonl, read_jsonl, data_main, accounted):
+    rows, _ = _import_shapes(tmp_path, write_jsonl, read_jsonl, data_main, home, "flat", "--flatten")
+    assert accounted("flat", "raw")["options"]["flatten"] is True
+    for (obj, shape, prompt, completion), r in zip(SHAPES, rows):
+        assert (r["prompt"], r["completion"]) == (prompt, completion) and "messages" not in r
+
+
+def test_chat_roles_and_content_at_import(home, tmp_path, write_jsonl, read_jsonl, data_main, accounted):
+    turns = [{"role": "developer", "content": "terse"}, {"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                                       "b"]},
+             {"role": "assistant", "content": "c"}]
+    p = write_jsonl(tmp_path / "r.jsonl", [
+        {"messages": turns},
+        {"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]},
+        {"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "y"},
+                      {"role": "assistant", "content": "z"}]},
+        {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "system", "value": "s"},
+                           {"from": "gpt", "value": "a"}]},
+    ])
+    assert data_main("import", "--input", str(p), "--no-progress")[0] == 0
+    m = accounted("r", "raw")
+    (r,) = read_jsonl(home / "data/raw/r.jsonl")
+    assert r["messages"] == [{"role": "system", "content": "terse"}, {"role": "user", "content": "a\nb"},
+                             {"role": "assistant", "content": "c"}]
+    assert m["reject_reasons"] == {"unknown_role": 2, "non_string_content": 1, "empty_content": 1,
+                                   "system_not_first": 1}
 
 
 def test_self_instruct_instances_and_array_input(home, tmp_path, read_jsonl, data_main, accounted):

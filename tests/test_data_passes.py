@@ -1,5 +1,6 @@
 """The data stage in parts: each pass of ``ech0 data validate`` on its own, the shared reject record and
-redactor, the Hydra-composed options, and ``--max-tokens`` measuring exactly what training measures.
+redactor, the Hydra-composed options, and ``--max-tokens`` measuring exactly what training measures (the
+conversation rendered by the model's chat template, tokenized as :func:`ech0.chat.encode` tokenizes it).
 
     HF_HUB_OFFLINE=1 python -m pytest -q tests/test_data_passes.py
 """
@@ -12,14 +13,12 @@ import re
 import numpy as np
 import pytest
 
-from ech0.config import DataConfig
 from ech0.data import stage
 from ech0.data.reader import Rec
 from ech0.data.redact import Redactor, apply_spans, pattern_pass
 from ech0.data.schema import parse_record, reject_record
 from ech0.errors import UserError
 
-TEMPLATE = DataConfig.prompt_template
 AWS = "AKIAZ7QK4N3XVB2LM5TD"
 
 
@@ -28,15 +27,23 @@ def rec(text, line=1, offset=0, item=None, last=False, **kw) -> Rec:
 
 
 class FakeTokens:
-    """A TokenCounter stand-in: a row's length is ``per_char`` tokens per character (records each call)."""
+    """A ChatTokens stand-in: a row renders as its turns' contents joined, ``per_char`` tokens per
+    character (records each count call); a turn containing "BAD" cannot be rendered."""
 
     def __init__(self, per_char: int = 1) -> None:
         self.per_char = per_char
         self.calls: list[int] = []
 
-    def count(self, prompts, completions):
-        self.calls.append(len(prompts))
-        return np.array([self.per_char * (len(p) + len(c)) for p, c in zip(prompts, completions)], np.int32)
+    def render(self, messages):
+        from ech0.chat import TemplateError
+
+        if any("BAD" in m["content"] for m in messages):
+            raise TemplateError("the chat template cannot render it (TemplateError: roles must alternate)")
+        return "".join(m["content"] for m in messages)
+
+    def count(self, texts):
+        self.calls.append(len(texts))
+        return np.array([self.per_char * len(t) for t in texts], np.int32)
 
 
 def worker(tokens=None, **opts) -> stage.Worker:
@@ -124,20 +131,20 @@ def test_batch_parse_keeps_order_and_accounts_for_every_row():
 
 
 def test_byte_bounds_and_rows_to_measure():
-    rows = [{"prompt": "é" * 10, "completion": "abc"}, {"prompt": "x", "completion": "y"}]
-    assert stage.byte_bounds(rows, 5) == [20 + 3 + 5 + stage.TOKEN_BOUND_SLACK, 2 + 5 + stage.TOKEN_BOUND_SLACK]
+    assert stage.byte_bounds(["é" * 10 + "abc", "xy"]) == [20 + 3 + stage.TOKEN_BOUND_SLACK, 2 + stage.TOKEN_BOUND_SLACK]
     bounds = [10, 100, 10, 10] * 10
     need = stage.rows_to_measure(bounds, 50, every=False)
     assert set(range(1, 40, 4)) <= set(need)  # every row over the limit's bound is measured
     assert len(need) <= 10 + stage.TOKEN_SAMPLE_PER_BATCH
     assert stage.rows_to_measure(bounds, 50, every=True) == list(range(40))
-    assert stage.rows_to_measure(bounds, None, every=False) == list(range(40))
+    assert stage.rows_to_measure(bounds, None, every=False) == list(range(0, 40, 5))  # no limit: the sample only
 
 
 def test_filter_tokens_rejects_long_rows_and_skips_provable_ones():
     tokens = FakeTokens()
     b = stage.Batch(worker(tokens, max_tokens=60))
     b.parse([rec(jrow("x" * 100), line=1), rec(jrow(), line=2)])
+    b.render()
     b.filter_tokens()
     assert b.kinds == [stage.K_REJECT, stage.K_KEEP] and b.reasons == {"too_many_tokens": 1}
     reject = json.loads(b.lines[0])
@@ -151,12 +158,28 @@ def test_filter_tokens_switches_to_every_row_when_the_bound_breaks():
     w = worker(tokens, max_tokens=10_000)
     b = stage.Batch(w)
     b.parse([rec(jrow(f"q{i}"), line=i + 1) for i in range(40)])
+    b.render()
     b.filter_tokens()
     assert not w.bound_ok and b.tok_info["measured"] == 40 and b.tok_info["skipped_by_bound"] == 0
     b2 = stage.Batch(w)
     b2.parse([rec(jrow(f"r{i}"), line=i + 1) for i in range(40)])
+    b2.render()
     b2.filter_tokens()
     assert tokens.calls[-1] == 40  # from then on every row is measured in one call
+
+
+def test_render_rejects_what_the_template_cannot_render_and_keeps_order():
+    convo = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "BAD"}]})
+    b = stage.Batch(worker(FakeTokens(), max_tokens=100))
+    b.parse([rec(jrow("a"), line=1), rec(convo, line=2), rec(jrow("b"), line=3)])
+    b.render()
+    assert b.kinds == [stage.K_KEEP, stage.K_REJECT, stage.K_KEEP] and b.reasons == {"template_error": 1}
+    assert b.texts == ["aFour.", "bFour."] and [c.rec.line for c in b.cands] == [1, 3]
+    reject = json.loads(b.lines[1])
+    assert reject["reason"] == "template_error" and "alternate" in reject["detail"]
+    assert reject["row"]["messages"][1]["content"] == "BAD"
+    b.filter_tokens()
+    assert b.tok_info["measured"] + b.tok_info["skipped_by_bound"] == 2
 
 
 def test_sign_keys_signatures_and_rows():
@@ -188,7 +211,7 @@ def test_spill_keeps_order_and_reads_rows_back(tmp_path):
     assert sp.path.read_bytes() == b"\n".join(lines) + b"\n"
     assert sp.kinds.tolist() == [0, 1, 0]
     assert sp.offsets.tolist() == [0, len(lines[0]) + 1, len(lines[0]) + len(lines[1]) + 2]
-    assert sp.normalised_text(0) == "a b four."
+    assert sp.normalised_text(0) == "user: a b assistant: four."  # the whole conversation, roles included
     sp.remove()
     assert not sp.path.exists()
 
@@ -256,9 +279,12 @@ def test_flags_and_overrides_compose_onto_the_schema():
     opts = validate_options(compose_config(flags, overrides))
     assert (opts.max_tokens, opts.dedupe, opts.near_dedupe, opts.redact_pii, opts.threshold, opts.progress) == (
         512, True, False, False, 0.9, False)
-    assert opts.model == "mistralai/Mistral-7B-Instruct-v0.3" and opts.prompt_template == TEMPLATE
-    _, flags, _, _ = parse(["import", "--input", "x", "--tag", "a", "--tag", "b", "--map", "prompt=q"])
-    assert flags == {"input": "x", "tags": ["a", "b"], "map": ["prompt=q"]}
+    assert opts.model == "mistralai/Mistral-7B-Instruct-v0.3" and (opts.max_turns, opts.chat_template) == (64, None)
+    _, flags, overrides, _ = parse(["validate", "--input", "x", "--max-turns", "8", "chat_template='{{ 1 }}'"])
+    assert validate_options(compose_config(flags, overrides)).max_turns == 8
+    assert validate_options(compose_config(flags, overrides)).chat_template == "{{ 1 }}"
+    _, flags, _, _ = parse(["import", "--input", "x", "--tag", "a", "--tag", "b", "--map", "prompt=q", "--flatten"])
+    assert flags == {"input": "x", "tags": ["a", "b"], "map": ["prompt=q"], "flatten": True}
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -267,7 +293,8 @@ def test_flags_and_overrides_compose_onto_the_schema():
     (["validate", "--input", "x", "max_tokenz=3"], "max_tokenz"),
     (["validate", "--input", "x", "max_tokens=abc"], "max_tokens"),
     (["validate", "--input", "x", "--max-tokens", "abc"], "--max-tokens"),
-    (["validate", "--input", "x", "model=nope"], "unknown model 'nope'; available: mistral-7b, tiny-llama"),
+    (["validate", "--input", "x", "--max-turns", "0"], "max_turns=0: expected a positive integer"),
+    (["validate", "--input", "x", "model=nope"], "unknown model 'nope'; available: mistral-7b, "),
     (["validate", "--stage", "clean"], "--input is required"),
     (["import", "--input", "x", "--stage", "clean"], "unrecognized argument '--stage'"),
 ])
@@ -286,18 +313,31 @@ def test_model_picks_the_tokenizer(ctx, monkeypatch):
     assert stage.tokenizer_for(ctx, opts) == "mistralai/Mistral-7B-Instruct-v0.3"
     assert seen == [("mistralai/Mistral-7B-Instruct-v0.3", {}, ctx.base_models)]
     assert stage.tokenizer_for(ctx, stage.ValidateOptions(input="x", max_tokens=5, tokenizer="/t")) == "/t"
-    assert stage.tokenizer_for(ctx, stage.ValidateOptions(input="x")) is None  # nothing to measure
+    clean = stage.ValidateOptions(input="x", model="m")
+    assert stage.tokenizer_for(ctx, clean) == "m"  # the clean stage renders every row through the template
+    assert stage.tokenizer_for(ctx, stage.ValidateOptions(input="x", stage="processed")) is None  # nothing to do
 
 
 # ------------------------------------------------------------------------------ --max-tokens = training's length
 
 
-def _training_lengths(folder, rows):
-    from ech0.models import load_tokenizer
-    from ech0.train.data import encode_row
+MULTI_TURN = [  # rows training sees as conversations: a system turn, 4 and 6 turns, unicode, a long turn
+    {"messages": [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Sky colour?"},
+                  {"role": "assistant", "content": "Blue."}]},
+    {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A model."},
+                  {"role": "user", "content": "Sûr ? ünïcödé — 雪"}, {"role": "assistant", "content": "Oui, sûr."}]},
+    {"messages": [m for k in range(3) for m in ({"role": "user", "content": f"question {k} " * (5 + k)},
+                                                {"role": "assistant", "content": "the answer " * (40 * k + 1)})]},
+]
 
-    hf = load_tokenizer(str(folder))
-    return [len(encode_row(r, hf, TEMPLATE, 10**6, "right").input_ids) for r in rows]
+
+def _training_lengths(folder, rows):
+    """What training tokenizes for each row: ``chat.encode`` through the model's own chat template."""
+    from ech0 import chat
+    from ech0.models import load_tokenizer
+
+    tok = load_tokenizer(str(folder))
+    return [len(chat.encode(tok, chat.messages_of(r))[0]) for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -308,22 +348,52 @@ def sample_rows():
         return [json.loads(x) for x in f][:60]
 
 
-def test_token_counter_equals_training_encoding(byte_tokenizer, sample_rows):
-    from ech0.data.tokens import TokenCounter
+@pytest.mark.parametrize("which", ["byte", "tiny"])
+def test_chat_tokens_equal_training_encoding(which, byte_tokenizer, tiny_model_dir, sample_rows):
+    """``--max-tokens`` counts ``len(tok(chat.render(tok, msgs), add_special_tokens=False))``, which is
+    ``len(chat.encode(tok, msgs)[0])``: sample rows and multi-turn rows, a tokenizer without a chat
+    template (the default one) and the tiny model's own."""
+    from ech0 import chat
+    from ech0.data.tokens import ChatTokens
 
-    counted = TokenCounter(str(byte_tokenizer), TEMPLATE).count([r["prompt"] for r in sample_rows],
-                                                                 [r["completion"] for r in sample_rows])
-    assert counted.tolist() == _training_lengths(byte_tokenizer, sample_rows)
+    folder = byte_tokenizer if which == "byte" else tiny_model_dir
+    rows = sample_rows + MULTI_TURN
+    ct = ChatTokens(str(folder))
+    texts = [ct.render(chat.messages_of(r)) for r in rows]
+    assert texts == [chat.render(ct.tok, chat.messages_of(r)) for r in rows]
+    assert ct.count(texts).tolist() == _training_lengths(folder, rows)
+    assert all(n <= b for n, b in zip(ct.count(texts).tolist(), stage.byte_bounds(texts)))
 
 
-def test_tokenizer_without_eos_is_a_user_error(tmp_path, byte_tokenizer):
-    from ech0.data.tokens import TokenCounter
+def test_fast_render_fails_exactly_where_chat_render_fails(alternating_tokenizer, sample_rows):
+    """The compiled-once template renders what ``chat.render`` renders and refuses what it refuses, with
+    ``chat.render``'s own error."""
+    from ech0 import chat
+    from ech0.data.tokens import ChatTokens
 
-    (tmp_path / "tokenizer.json").write_bytes((byte_tokenizer / "tokenizer.json").read_bytes())
-    with pytest.raises(UserError, match="no eos_token"):
-        TokenCounter(str(tmp_path), TEMPLATE)
-    with pytest.raises(UserError, match="prompt template"):
-        TokenCounter(str(byte_tokenizer), "{question}")
+    ct = ChatTokens(str(alternating_tokenizer))
+    assert ct._template is not None  # the fast path is the one under test
+    for r in sample_rows[:10] + MULTI_TURN:
+        msgs = chat.messages_of(r)
+        try:
+            expected = chat.render(ct.tok, msgs)
+        except chat.TemplateError as e:
+            with pytest.raises(chat.TemplateError) as got:
+                ct.render(msgs)
+            assert str(got.value) == str(e) and "must alternate" in str(e)
+            continue
+        assert ct.render(msgs) == expected and expected.startswith("<s>[INST] ")
+
+
+def test_unloadable_tokenizer_or_template_is_a_one_line_user_error(tmp_path, byte_tokenizer):
+    from ech0.data.tokens import ChatTokens
+
+    with pytest.raises(UserError, match="cannot load") as e:
+        ChatTokens(str(tmp_path / "nope"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="chat_template=... does not compile") as e:
+        ChatTokens(str(byte_tokenizer), chat_template="{% for m in messages %}{{ m.content }")
+    assert "\n" not in str(e.value)
 
 
 def test_max_tokens_with_the_configured_model_is_the_training_length(tiny_model_dir, sample_rows, tmp_path,

@@ -200,3 +200,40 @@ def test_champion_defaults_to_the_context_registry_name(ctx):
     assert champion.compare(ctx, off, None, never, {}, fail) == {
         "status": "disabled", "model_name": "named", "alias": "production", "max_pass_rate_drop": 0.05,
         "max_mean_score_drop": 0.03}
+
+
+CONTEXT = [{"role": "user", "content": "What color is the sky?"}, {"role": "assistant", "content": "blue."},
+           {"role": "user", "content": "What is the opposite of hot?"}]
+
+
+@pytest.mark.parametrize("case, message", [
+    ({"id": "m", "prompt": "x", "messages": CONTEXT, "checks": [{"type": "max_length", "value": 9}]}, "not both"),
+    ({"id": "m", "messages": CONTEXT[:2], "checks": [{"type": "max_length", "value": 9}]}, "the user's turn"),
+    ({"id": "m", "messages": [{"role": "tool", "content": "x"}], "checks": [{"type": "max_length", "value": 9}]},
+     r"messages\[0\] must be"),
+    ({"id": "m", "messages": [], "checks": [{"type": "max_length", "value": 9}]}, "non-empty list"),
+])
+def test_bad_multi_turn_cases_are_refused_with_file_and_line(tmp_path, case, message):
+    p = _write(tmp_path, [case])
+    with pytest.raises(UserError, match=message):
+        load_baseline(p)
+
+
+def test_a_multi_turn_case_is_asked_in_its_context(trained_run, tmp_path):
+    """Generation renders the case's turns through the chat template; the answer equals the in-process one."""
+    from ech0.eval.evaluate import evaluate
+    from ech0.generation import generate
+
+    p = _write(tmp_path, [{"id": "ctx", "messages": CONTEXT, "reference": "cold.",
+                           "checks": [{"type": "max_length", "value": 200}, {"type": "max_loss", "value": 9.0}]},
+                          {"id": "plain", "prompt": CONTEXT[-1]["content"], "reference": "cold.",
+                           "checks": [{"type": "max_length", "value": 200}]}])
+    case = load_baseline(p).cases[0]
+    assert case.request == CONTEXT and case.prompt == CONTEXT[-1]["content"]
+    report = evaluate(trained_run.ctx, trained_run.run_dir, p, log=False, quiet=True, report_dir=tmp_path / "r",
+                      overrides=["gate.champion.enabled=false"])
+    by_id = {c["id"]: c for c in report.data["cases"]}
+    expected = generate(trained_run.model, trained_run.tokenizer, [CONTEXT], max_new_tokens=48)[0]
+    assert by_id["ctx"]["output"] == expected and by_id["ctx"]["loss"] is not None
+    alone = generate(trained_run.model, trained_run.tokenizer, [CONTEXT[-1:]], max_new_tokens=48)[0]
+    assert by_id["plain"]["output"] == alone, "a plain prompt is the same request as a one-turn context"

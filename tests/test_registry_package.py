@@ -32,13 +32,12 @@ def test_package_loads_with_peft_and_mlflow_and_matches_training(packaged, train
     assert {"MLmodel", f"{man['adapter_dir']}/adapter_config.json", f"{man['adapter_dir']}/tokenizer.json",
             f"{man['base_dir']}/model.safetensors"} <= set(man["files"])
     assert all(len(f["sha256"]) == 64 for f in man["files"].values())
-    template = trained_run.cfg.data.prompt_template
-    expected = generate(trained_run.model, trained_run.tokenizer, PROMPTS, template, max_new_tokens=12)
+    expected = generate(trained_run.model, trained_run.tokenizer, PROMPTS, max_new_tokens=12)
 
     tok = AutoTokenizer.from_pretrained(packaged / man["adapter_dir"])
     base = AutoModelForCausalLM.from_pretrained(packaged / man["base_dir"])
     model = PeftModel.from_pretrained(base, packaged / man["adapter_dir"])
-    assert generate(model, tok, PROMPTS, template, max_new_tokens=12) == expected
+    assert generate(model, tok, PROMPTS, max_new_tokens=12) == expected
 
     pyfunc = mlflow.pyfunc.load_model(str(packaged))
     assert pyfunc.predict(pd.DataFrame({"prompt": PROMPTS}), params={"max_new_tokens": 12}) == expected

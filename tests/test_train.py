@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 from ech0.config import compose
 from ech0.context import Context
@@ -143,22 +145,29 @@ def test_logged_model_loads_offline_and_matches_in_process(lora_run, tiny_model_
 
     cfg, result, home = lora_run
     prompts = ["What color is the sky?", "What is the opposite of hot?", "Echo this: the warm cat sees the hill", "Count to four."]
-    expected = generate(result.model, result.tokenizer, prompts, cfg.data.prompt_template, max_new_tokens=24)
+    expected = generate(result.model, result.tokenizer, prompts, max_new_tokens=24)
     base_out = generate(load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir)), prompts,
-                        cfg.data.prompt_template, max_new_tokens=24)
+                        max_new_tokens=24)
     assert expected != base_out, "the fine-tuned model must differ from its base"
     code = (
         "import json, sys, mlflow, pandas as pd\n"
         f"m = mlflow.pyfunc.load_model('runs:/{result.run_id}/model')\n"
         f"print(json.dumps(list(m.predict(pd.DataFrame({{'prompt': {prompts!r}}}), params={{'max_new_tokens': 24}}))))\n"
     )
-    # A fresh process with a different base-models cache: the logged model must carry its own base.
+    # A fresh process: the logged adapter finds its base by the recorded folder and content hash.
     env = {**os.environ, "MLFLOW_TRACKING_URI": result.tracking_uri, "HF_HUB_OFFLINE": "1",
            "ECH0_BASE_MODELS_DIR": str(home / "empty-cache")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
     assert not (home / "empty-cache").exists(), "loading must not rebuild the base model"
+    import mlflow.artifacts
+
+    mlflow.set_tracking_uri(result.tracking_uri)  # runs:/…/model resolves its logged model through the global store
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/model", dst_path=str(home / "dl"),
+                                                      tracking_uri=result.tracking_uri))
+    logged = sorted(p.name for p in (local / "artifacts").iterdir())
+    assert logged == ["model"], f"no copy of the base weights in the logged model: {logged}"
 
 
 @pytest.mark.slow

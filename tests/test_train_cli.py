@@ -16,7 +16,7 @@ import pytest
 @pytest.mark.parametrize("override, expected", [
     ("trainer.max_step=3", "Key 'max_step' not in 'TrainerConfig'"),
     ("trainer.max_steps=abc", "could not be converted to Integer"),
-    ("+preset=nope", "unknown preset 'nope'; available: full, lora"),
+    ("+preset=nope", "unknown preset 'nope'; available: conversation_lora, domain_full_finetune, full, lora"),
     ("peft.rr=2", "Key 'rr' not in 'LoraSchema'"),
 ])
 def test_bad_override_is_one_line_exit_2(override, expected, run_cli):

@@ -26,9 +26,13 @@ def test_train_logs_manifest_digest_and_chain(tiny_model_dir, ech0_home, ctx, ru
                             "trainer.progress=false", "tracking.log_model=false", "tracking.log_system_metrics=false"])
     result = fit(cfg, ctx)
     client = MlflowClient(result.tracking_uri)
-    (inp,) = client.get_run(result.run_id).inputs.dataset_inputs
+    inputs = {[t.value for t in i.tags if t.key == "mlflow.data.context"][0]: i.dataset
+              for i in client.get_run(result.run_id).inputs.dataset_inputs}
     expected = processed_dataset(ctx, "demo")
-    assert inp.dataset.digest == expected["digest"][:36] and inp.dataset.name == "demo-train"
+    assert inputs["training"].digest == expected["digest"][:36] and inputs["training"].name == "demo-train"
+    # no eval file: rows held out of the processed file, logged as their own input, never called training rows
+    assert inputs["eval"].name == "demo-eval-split" and inputs["eval"].digest != inputs["training"].digest
+    assert result.heldout
     names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(result.run_id, "data/training")}
     assert names == {"demo.processed.manifest.json", "demo.clean.manifest.json", "demo.raw.manifest.json"}
 

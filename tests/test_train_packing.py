@@ -20,7 +20,7 @@ def test_packed_step_equals_padded_step(tiny_model_dir, peft):
     cfg = compose("train", [f"peft={peft}"])
     tok = load_tokenizer(str(tiny_model_dir))
     rows = sample_rows()[0][:12]
-    examples, _ = tokenize_rows(rows, tok, cfg.data.prompt_template, 512, "right")
+    examples, _ = tokenize_rows(rows, tok, 512, "right")
     assert len({len(e) for e in examples}) > 3, "rows of different lengths"
     torch.manual_seed(0)
     model = instantiate(cfg.peft, model=load_model(str(tiny_model_dir)))

@@ -99,4 +99,90 @@ def test_save_writes_a_loadable_model_folder(recipe):
     folder = recipe.run_dir / "model"
     assert (folder / META_FILE).is_file() and (folder / "adapter_config.json").is_file()
     model, tok, meta = load_trained(folder)
-    assert meta["run_id"] == recipe.run_id and meta["prompt_template"] == recipe.cfg.data.prompt_template
+    assert meta["run_id"] == recipe.run_id and meta["train_on"] == "assistant"
+    assert tok.chat_template == recipe.tok.chat_template, "the template training used is saved with the model"
+
+
+def test_without_an_eval_file_rows_are_held_out_by_content(tiny_model_dir, ech0_home):
+    from ech0.train.recipe import TrainRecipe, split_by_content
+
+    cfg = compose("train", [*FAST, "data.eval_file=null", "data.eval_fraction=0.1"])
+    r = TrainRecipe(cfg, Context.from_config(cfg))
+    r.setup()
+    held = {id(x) for x in r.eval_rows}
+    assert 8 <= len(r.eval_rows) <= 256 and r.measure is r.eval_set and not held & {id(x) for x in r.train_rows}
+    assert len(r.train_rows) + len(r.eval_rows) == 284, "every row is trained on or held out"
+    # deterministic by content: the same rows in another order hold out the same rows
+    rows = [{k: v for k, v in x.items() if k != "_line"} for x in r.train_rows + r.eval_rows]
+    again = split_by_content(list(reversed(rows)), 0.1, 8, 256)
+    assert sorted(map(str, again[1])) == sorted(str({k: v for k, v in x.items() if k != "_line"}) for x in r.eval_rows)
+    assert again[2] == r.split_digest
+
+
+def test_a_tiny_file_is_not_split_and_its_loss_is_not_called_held_out(tiny_model_dir, ech0_home, tmp_path):
+    import json
+
+    from ech0.train.recipe import TrainRecipe
+
+    rows = tmp_path / "few.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"Say {i}.", "completion": f"{i}."}) + "\n" for i in range(10)))
+    cfg = compose("train", [*FAST, f"data.train_file={rows}", "data.eval_file=null"])
+    r = TrainRecipe(cfg, Context.from_config(cfg))
+    r.setup()
+    assert r.eval_rows == [] and r.measure is not r.eval_set
+    _attach(r)
+    r.begin()
+    assert [k for k, _ in r.history["eval"]] == [0]
+
+
+def test_a_run_whose_end_of_turn_is_never_trained_stops_at_start(tiny_model_dir, ech0_home, tmp_path):
+    import json
+
+    from ech0 import chat
+    from ech0.errors import UserError
+    from ech0.models import load_tokenizer
+    from ech0.train.recipe import TrainRecipe
+
+    rows = tmp_path / "long.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": "Hi", "completion": f"{i} one two three four five six seven eight " * 4})
+                            + "\n" for i in range(40)))
+    header = len(chat.prompt_ids(load_tokenizer(str(tiny_model_dir)), "Hi"))
+    # right truncation keeps a few answer tokens but never the end-of-turn token
+    cfg = compose("train", [*FAST, f"data.train_file={rows}", "data.eval_file=null",
+                            f"trainer.max_length={header + 4}", "trainer.truncation=right"])
+    with pytest.raises(UserError, match="end-of-turn token '</s>'"):
+        TrainRecipe(cfg, Context.from_config(cfg)).setup()
+
+
+def test_a_row_without_an_assistant_turn_is_refused_with_its_line(tiny_model_dir, ech0_home, tmp_path):
+    import json
+
+    from ech0.errors import UserError
+    from ech0.train.recipe import TrainRecipe
+
+    rows = tmp_path / "chat.jsonl"
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    bad = {"messages": [{"role": "user", "content": "Hi"}]}
+    rows.write_text("".join(json.dumps(r) + "\n" for r in [good] * 40 + [bad]))
+    cfg = compose("train", [*FAST, f"data.train_file={rows}", "data.eval_file=null"])
+    with pytest.raises(UserError, match=f"{rows}:41: no token is trained"):
+        TrainRecipe(cfg, Context.from_config(cfg)).setup()
+
+
+def test_an_adapter_loads_only_onto_the_base_it_was_trained_on(recipe, tmp_path):
+    import shutil
+
+    from ech0.errors import UserError
+    from ech0.model_folder import read_meta, verified_base
+
+    _attach(recipe)
+    recipe.save()
+    meta = read_meta(recipe.run_dir / "model")
+    assert verified_base(meta) == recipe.base_path
+    with pytest.raises(UserError, match="is not at"):
+        verified_base({**meta, "base_model": str(tmp_path / "gone")})
+    other = tmp_path / "other-base"
+    shutil.copytree(recipe.base_path, other)
+    (other / "model.safetensors").write_bytes(b"changed")
+    with pytest.raises(UserError, match="not the ones this adapter was trained on"):
+        verified_base({**meta, "base_model": str(other)})

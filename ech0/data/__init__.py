@@ -10,6 +10,9 @@ For the trainer (no heavy imports at package import time)::
 
     from ech0.data import processed_dataset
     ds = processed_dataset(ctx, "legacy")   # {"path", "manifest", "digest", "chain", "rows", ...}
+
+Every stage's rows are canonical (ech0/data/schema.py): a ``messages`` conversation or a prompt/completion
+pair, each kept in its own form; ``ech0.chat.messages_of(row)`` is the conversation either way.
 """
 
 from __future__ import annotations

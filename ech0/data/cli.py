@@ -1,6 +1,7 @@
 """The data CLI: ``import``, ``validate``, ``verify``; ``ech0 data ...`` and ``python -m ech0.data ...`` run it.
 
     python -m ech0.data import --input legacy.json --tag crypto
+    python -m ech0.data import --input chats.json --flatten      # chats as prompt/completion, not messages
     python -m ech0.data validate --input crypto --stage clean --max-tokens 2048 --min-quality 0.25
     python -m ech0.data validate --input crypto --stage processed --dedupe --fail-on-secrets model=mistral-7b
     python -m ech0.data verify metadata/crypto.processed.manifest.json
@@ -8,8 +9,8 @@
 Options compose through Hydra like every stage's: the root ``conf/data.yaml`` on the typed schema
 ``ech0.config.DataStageConfig``. The seed's flags are kept and each one sets one config key
 (``--max-tokens N`` -> ``max_tokens=N``, ``--dedupe`` -> ``dedupe.enabled=true``; ``--help`` names
-them); ``KEY=VALUE`` overrides may follow (``model=mistral-7b`` picks the tokenizer that measures
-``--max-tokens``; a flag wins over an override of the same key). A bad flag, override or value
+them); ``KEY=VALUE`` overrides may follow (``model=mistral-7b`` picks the chat template every row must
+render through and the tokenizer that measures ``--max-tokens``; a flag wins over an override of the same key). A bad flag, override or value
 prints one line and exits 2 before any heavy import. ``main(argv)`` is what ``ech0 data ...``
 calls; numpy, tokenizers and transformers are imported only when a command runs, so ``--help`` is
 instant. Exit codes: 0 ok, 1 verification failed, 2 user error (one line on stderr), 3 secrets found
@@ -60,17 +61,22 @@ def _parser() -> argparse.ArgumentParser:
     _flag(i, "--map", "map", action="append", metavar="FIELD=KEY",
           help="override shape detection, e.g. --map prompt=question --map completion=answer "
                "(KEY may be dotted or joined with +)")
+    _flag(i, "--flatten", "flatten", action="store_true",
+          help="import chats (messages, conversations) as prompt/completion: the last assistant turn is the "
+               "completion, the turns before it the prompt (default: keep every turn as messages)")
 
     v = sub.add_parser("validate", epilog=OVERRIDES_HELP,
                        help="check, redact, filter, dedupe -> ECH0_HOME/data/<stage>/<name>.jsonl")
     _common(v, "a JSONL file, or a dataset name from the previous stage")
     _flag(v, "--stage", "stage", choices=["clean", "processed"], help="clean (default) or processed")
     _flag(v, "--max-tokens", "max_tokens", type=int,
-          help="reject rows whose training encoding (BOS + prompt template + completion + EOS) is longer")
+          help="reject rows whose conversation, as the model's chat template renders it, has more tokens")
+    _flag(v, "--max-turns", "max_turns", type=int, help="reject conversations with more turns (default 64)")
     _flag(v, "--min-quality", "min_quality", type=float,
           help="reject rows whose quality_score is below this (null scores pass)")
     _flag(v, "--tokenizer", "tokenizer",
-          help="tokenizer dir/file or hub id (default: the configured model's, key: model=...)")
+          help="tokenizer dir or hub id whose chat template renders every row (default: the configured "
+               "model's, key: model=...)")
     _flag(v, "--exact-tokens", "exact_tokens", action="store_true",
           help="tokenize every row (exact token statistics); by default rows whose UTF-8 length "
                "proves they fit --max-tokens skip the tokenizer")
@@ -123,11 +129,12 @@ def validate_options(cfg):
 
     return ValidateOptions(
         input=cfg.input, stage=cfg.stage, name=cfg.name, max_tokens=cfg.max_tokens, min_quality=cfg.min_quality,
+        max_turns=cfg.max_turns, chat_template=cfg.chat_template,
         dedupe=cfg.dedupe.enabled, near_dedupe=cfg.dedupe.near, threshold=cfg.dedupe.threshold,
         num_perm=cfg.dedupe.num_perm, ngram=cfg.dedupe.ngram, fail_on_secrets=cfg.fail_on_secrets,
         redact_secrets=cfg.redact.secrets, redact_pii=cfg.redact.pii, tokenizer=cfg.tokenizer,
-        model=cfg.model.name_or_path, model_recipe=OmegaConf.to_container(cfg.model.recipe),
-        prompt_template=cfg.prompt_template, exact_tokens=cfg.exact_tokens, max_line_bytes=cfg.max_line_bytes,
+        model=cfg.model.name_or_path, model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        exact_tokens=cfg.exact_tokens, max_line_bytes=cfg.max_line_bytes,
         workers=cfg.workers, progress=cfg.progress,
     )
 
@@ -175,7 +182,7 @@ def run_import_cmd(ctx, cfg) -> int:
     from ech0.data.importers import run_import
 
     print_manifest(run_import(ctx, cfg.input, name=cfg.name, tags=list(cfg.tags), maps=list(cfg.map),
-                              max_line_bytes=cfg.max_line_bytes, progress=cfg.progress))
+                              max_line_bytes=cfg.max_line_bytes, progress=cfg.progress, flatten=cfg.flatten))
     return 0
 
 

@@ -2,10 +2,12 @@
 
 Run by ``ech0 data validate --dedupe`` (ech0/data/stage.py); in code::
 
-    from ech0.data.dedupe import normalize, exact_key, MinHasher, SigStore, near_duplicate_pairs
+    from ech0.data.dedupe import normalized, exact_key, MinHasher, SigStore, near_duplicate_pairs
     mh = MinHasher()                              # 128 permutations over 5-word shingles
-    sigs = mh.signatures([normalize(p, c) for p, c in rows])   # (n, 128) uint32, one numpy pass
+    sigs = mh.signatures([normalized(row) for row in rows])   # (n, 128) uint32, one numpy pass
 
+A row's text is its whole conversation: one ``role: content`` line per turn (a prompt/completion
+pair is a user turn and an assistant turn, so it and the same two-turn ``messages`` row are duplicates).
 Defaults (README.md, "Data hygiene"): 5-word shingles of the normalised text, 128 permutations, Jaccard 0.8,
 LSH with 32 bands x 4 rows (candidate probability 0.9999 at J=0.8, 0.87 at J=0.5), every candidate
 pair verified on its signatures (estimated Jaccard >= threshold). Normalisation: NFKC, casefold,
@@ -21,6 +23,8 @@ import re
 import unicodedata
 
 import numpy as np
+
+from ech0.chat import messages_of
 
 NUM_PERM = 128
 NGRAM = 5
@@ -38,9 +42,18 @@ _FORMAT_CHARS = dict.fromkeys(
 _WS = re.compile(r"\s+")
 
 
-def normalize(prompt: str, completion: str) -> str:
-    """The text used for both exact and near-duplicate keys (not what is written out)."""
-    t = prompt + " \x1f " + completion
+def conversation_text(row: dict) -> str:
+    """Every turn of a canonical row as ``role: content`` lines, in order."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages_of(row))
+
+
+def normalized(row: dict) -> str:
+    """The text of a row's exact and near-duplicate keys: :func:`normalize` of its :func:`conversation_text`."""
+    return normalize(conversation_text(row))
+
+
+def normalize(t: str) -> str:
+    """NFKC, zero-width/format characters removed, casefold, whitespace collapsed (not what is written out)."""
     if not t.isascii():
         t = unicodedata.normalize("NFKC", t).translate(_FORMAT_CHARS)
     return " ".join(t.casefold().split())

@@ -1,6 +1,7 @@
 """Import legacy dumps (JSON array, JSONL, pretty-printed objects) into the canonical raw stage.
 
     python -m ech0.data import --input dump.jsonl --name qa --map prompt=question --map completion=best_answer
+    python -m ech0.data import --input sharegpt.json --flatten   # chats as prompt/completion instead of messages
     python scripts/import_legacy_data.py --input legacy.json --tag crypto      # the same, a thin shim
 
     from ech0.data.importers import run_import
@@ -12,15 +13,16 @@ Recognised shapes (detected per row, counted in the summary and the manifest):
 prompt_completion   ``prompt`` + ``completion`` (already canonical; also prompt/response)
 alpaca              ``instruction`` [+ ``input``] + ``output``  (prompt = instruction + blank line + input)
 question_answer     ``question`` + ``answer``  (also query/response, input/output)
-openai_chat         ``messages``: [{role, content}] -> the last assistant turn is the completion,
-                    the turns before it are the prompt (a lone user turn verbatim, else
-                    "System: ...", "User: ...", "Assistant: ..." blocks)
-sharegpt            ``conversations``: [{from, value}] (human/gpt/system), rendered the same way
+openai_chat         ``messages``: [{role, content}] -> a ``messages`` row, every turn kept (roles
+                    system/developer -> system, user, assistant; text content parts joined)
+sharegpt            ``conversations``: [{from, value}] (system, human -> user, gpt -> assistant), the same
 self_instruct       ``instruction`` + ``instances``: [{input, output}] -> one row per instance
 ==================  ==========================================================================
 
 ``--map FIELD=KEY`` (FIELD in prompt, completion, tags, quality_score, id; KEY a dotted path, or
-several joined with ``+``) overrides detection for every row. Every row keeps its provenance in
+several joined with ``+``) overrides detection for every row. ``--flatten`` makes a chat a prompt/completion
+row instead: the last assistant turn is the completion, the turns before it the prompt (a lone user turn
+verbatim, else "System: ...", "User: ...", "Assistant: ..." blocks). Every row keeps its provenance in
 ``metadata``: source file name, line (and array item), original id, ``--tag``, shape, instance, and
 the keys it did not use under ``metadata.extra``. Raw rows are a faithful copy (not redacted: the
 clean stage redacts); the rejects file is redacted.
@@ -37,7 +39,7 @@ from ech0.context import Context
 from ech0.data import manifest as mf
 from ech0.data.reader import DEFAULT_MAX_LINE_BYTES, Rec, iter_records, normalizations, sniff
 from ech0.data.redact import Redactor
-from ech0.data.schema import check_row, clean_text, clean_value, parse_record, reject_record
+from ech0.data.schema import check_row, clean_row_text, parse_record, reject_record
 from ech0.data.stage import check_name, default_name, make_progress
 from ech0.errors import UserError
 from ech0.io import atomic_open
@@ -113,10 +115,11 @@ def _content(v, where: str) -> str:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise Reject("bad_messages", f"{where}[{j}]: non-text content part ({kind!s:.30})")
         return "\n".join(out)
-    raise Reject("bad_messages", f"{where}: content must be a string or a list of text parts")
+    raise Reject("non_string_content", f"{where}: content must be a string or a list of text parts")
 
 
-def _render_chat(turns: list[tuple[str, str]], key: str) -> tuple[str, str, dict]:
+def _flatten_chat(turns: list[tuple[str, str]], key: str) -> tuple[dict, dict]:
+    """``--flatten``: ({prompt, completion}, extra metadata) of a chat; its last assistant turn is the completion."""
     last = max((i for i, (r, _) in enumerate(turns) if r == "assistant"), default=-1)
     if last < 0:
         raise Reject("no_assistant_turn", f"{key}: no assistant turn to use as the completion")
@@ -133,7 +136,15 @@ def _render_chat(turns: list[tuple[str, str]], key: str) -> tuple[str, str, dict
     else:
         prompt = "\n\n".join(f"{r.capitalize()}: {c}" for r, c in history)
     extra["turns"] = len(history) + 1
-    return prompt, completion, extra
+    return {"prompt": prompt, "completion": completion}, extra
+
+
+def _chat(turns: list[tuple[str, str]], key: str, flatten: bool) -> tuple[dict, dict]:
+    """(row body, extra metadata) of a chat: every turn as ``messages`` (roles checked by ``check_row``),
+    or flattened."""
+    if flatten:
+        return _flatten_chat(turns, key)
+    return {"messages": [{"role": r, "content": c} for r, c in turns]}, {"turns": len(turns)}
 
 
 def _chat_turns(msgs, key: str, role_key: str, content_key: str) -> list[tuple[str, str]]:
@@ -146,7 +157,7 @@ def _chat_turns(msgs, key: str, role_key: str, content_key: str) -> list[tuple[s
         r = str(m[role_key]).lower()
         role = USER_ROLES.get(r) or ASSISTANT_ROLES.get(r) or SYSTEM_ROLES.get(r) or TOOL_ROLES.get(r)
         if role is None:
-            raise Reject("bad_messages", f"{key}[{i}]: unknown role {str(m[role_key])[:30]!r}")
+            raise Reject("unknown_role", f"{key}[{i}]: unknown role {str(m[role_key])[:30]!r}")
         turns.append((role, _content(m.get(content_key), f"{key}[{i}].{content_key}")))
     return turns
 
@@ -186,8 +197,13 @@ USED = {
 }
 
 
-def convert(obj, maps: dict[str, list[str]]) -> tuple[str, list[tuple[str, str, dict]], set]:
-    """``obj`` -> (shape, [(prompt, completion, extra_metadata)], used_keys). Raises ``Reject``."""
+def _pair(prompt: str, completion: str, extra: dict | None = None) -> tuple[dict, dict]:
+    return {"prompt": prompt, "completion": completion}, extra or {}
+
+
+def convert(obj, maps: dict[str, list[str]], flatten: bool = False) -> tuple[str, list[tuple[dict, dict]], set]:
+    """``obj`` -> (shape, [(row body: {prompt, completion} or {messages}, extra_metadata)], used_keys).
+    Raises ``Reject``."""
     if type(obj) is not dict:
         raise Reject("not_an_object", f"row is a JSON {type(obj).__name__}, expected an object")
     if "prompt" in maps or "completion" in maps:
@@ -203,23 +219,23 @@ def convert(obj, maps: dict[str, list[str]]) -> tuple[str, list[tuple[str, str, 
                     raise Reject("missing_key", f"--map {f}={'+'.join(maps[f])}: key {k!r} not in row") from None
             vals[f] = _join(*parts)
         used = {k.split(".")[0] for f in ("prompt", "completion") for k in maps[f]}
-        return "mapped", [(vals["prompt"], vals["completion"], {})], used
+        return "mapped", [_pair(vals["prompt"], vals["completion"])], used
     shape = detect(obj)
     if shape is None:
         keys = ", ".join(sorted(str(k)[:30] for k in obj)[:12])
         raise Reject("unknown_shape", f"no known shape for keys [{keys}]; use --map prompt=KEY --map completion=KEY")
     used = USED[shape]
     if shape == "prompt_completion":
-        return shape, [(obj["prompt"], obj["completion"], {})], used  # types checked by check_row
+        return shape, [_pair(obj["prompt"], obj["completion"])], used  # types checked by check_row
     if shape in ("question_answer", "prompt_response", "query_response", "input_output"):
         pk = next(k for k in ("prompt", "question", "query", "input") if k in used)
         ck = next(k for k in ("completion", "answer", "response", "output") if k in used)
-        return shape, [(_text(obj[pk], pk), _text(obj[ck], ck), {})], used
+        return shape, [_pair(_text(obj[pk], pk), _text(obj[ck], ck))], used
     if shape == "alpaca":
         ins = _text(obj["instruction"], "instruction")
         inp = obj.get("input") or ""
         out = obj["output"] if "output" in obj else obj["response"]
-        return shape, [(_join(ins, _text(inp, "input")), _text(out, "output"), {})], used
+        return shape, [_pair(_join(ins, _text(inp, "input")), _text(out, "output"))], used
     if shape == "self_instruct":
         ins = _text(obj["instruction"], "instruction")
         inst = obj["instances"]
@@ -232,16 +248,14 @@ def convert(obj, maps: dict[str, list[str]]) -> tuple[str, list[tuple[str, str, 
             if not isinstance(it, dict) or "output" not in it:
                 raise Reject("wrong_type", f"instances[{i}]: expected an object with input and output")
             inp = it.get("input") or ""
-            rows.append((_join(ins, _text(inp, f"instances[{i}].input")),
-                         _text(it["output"], f"instances[{i}].output"), {"instance": i}))
+            rows.append(_pair(_join(ins, _text(inp, f"instances[{i}].input")),
+                              _text(it["output"], f"instances[{i}].output"), {"instance": i}))
         return shape, rows, used
     if shape == "openai_chat":
-        p, c, extra = _render_chat(_chat_turns(obj["messages"], "messages", "role", "content"), "messages")
-        return shape, [(p, c, extra)], used
+        return shape, [_chat(_chat_turns(obj["messages"], "messages", "role", "content"), "messages", flatten)], used
     if shape == "sharegpt":
-        p, c, extra = _render_chat(_chat_turns(obj["conversations"], "conversations", "from", "value"),
-                                   "conversations")
-        return shape, [(p, c, extra)], used
+        turns = _chat_turns(obj["conversations"], "conversations", "from", "value")
+        return shape, [_chat(turns, "conversations", flatten)], used
     raise AssertionError(shape)
 
 
@@ -303,8 +317,8 @@ def provenance(obj: dict, maps, tag_list: list[str], source: str, rec: Rec, item
 class Importer:
     """One ``import`` run's state: every source value becomes raw rows or reject records."""
 
-    def __init__(self, maps: dict, tag_list: list[str], source: str, out, rej) -> None:
-        self.maps, self.tag_list, self.source = maps, tag_list, source
+    def __init__(self, maps: dict, tag_list: list[str], source: str, out, rej, flatten: bool = False) -> None:
+        self.maps, self.tag_list, self.source, self.flatten = maps, tag_list, source, flatten
         self.out, self.rej = out, rej
         self.red = Redactor()  # rejects are redacted; raw rows are a faithful copy
         self.reasons: dict = {}
@@ -333,7 +347,7 @@ class Importer:
     def value(self, rec: Rec, item, obj) -> None:
         self.read += 1
         try:
-            shape, rows, used = convert(obj, self.maps)
+            shape, rows, used = convert(obj, self.maps, self.flatten)
         except Reject as e:
             self.reject(rec, item, e.reason, e.detail, row=obj)
             return
@@ -343,29 +357,27 @@ class Importer:
         extra = {k: v for k, v in obj.items() if k not in used and k not in taken and k != "metadata"}
         if "metadata" in obj and not isinstance(obj.get("metadata"), dict):
             extra["metadata"] = obj["metadata"]
-        for p, c, more in rows:
+        for body, more in rows:
             md = {**base_md, "shape": shape, **more}
             if extra:
                 md["extra"] = extra
-            self.row(rec, item, {"prompt": p, "completion": c, "tags": tags, "quality_score": quality, "metadata": md})
+            self.row(rec, item, {**body, "tags": tags, "quality_score": quality, "metadata": md})
 
     def row(self, rec: Rec, item, cand: dict) -> None:
         row, reason, detail = check_row(cand)
         if reason is not None:
             self.reject(rec, item, reason, detail, row=cand)
             return
-        row["prompt"] = clean_text(row["prompt"], self.norm)
-        row["completion"] = clean_text(row["completion"], self.norm)
-        row["tags"] = [clean_text(x, self.norm) for x in row["tags"]]
-        row["metadata"] = clean_value(row["metadata"], self.norm, lambda s: s)
+        row = clean_row_text(row, self.norm, lambda s: s)
         self.out.write(json.dumps(row, ensure_ascii=False) + "\n")
         self.kept += 1
 
 
 def run_import(ctx: Context, input: str, name: str | None = None, tags: list[str] | None = None,
                maps: list[str] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-               progress: bool | None = None) -> dict:
-    """Import ``input`` into ``ctx``'s raw level as dataset ``name``; returns the manifest (also written)."""
+               progress: bool | None = None, flatten: bool = False) -> dict:
+    """Import ``input`` into ``ctx``'s raw level as dataset ``name``; returns the manifest (also written).
+    Chats keep every turn as ``messages`` unless ``flatten`` (prompt/completion rows)."""
     t0 = time.time()
     src = Path(input).expanduser()
     if not src.exists():
@@ -381,7 +393,7 @@ def run_import(ctx: Context, input: str, name: str | None = None, tags: list[str
     bar = make_progress(fmt.size, f"import {name}", progress)
     try:
         with atomic_open(out_path) as out, atomic_open(rej_path) as rej:
-            imp = Importer(mp, tag_list, src.name, out, rej)
+            imp = Importer(mp, tag_list, src.name, out, rej, flatten)
             for rec in iter_records(fmt, max_line_bytes, progress=bar.update):
                 imp.record(rec)
             if imp.read == 0:
@@ -391,7 +403,7 @@ def run_import(ctx: Context, input: str, name: str | None = None, tags: list[str
         bar.close()
     man = mf.base(name, "raw", "import", {"input": str(input), "name": name, "tags": tag_list,
                                           "map": {k: "+".join(v) for k, v in mp.items()},
-                                          "max_line_bytes": max_line_bytes}, t0)
+                                          "max_line_bytes": max_line_bytes, "flatten": flatten}, t0)
     mf.record_io(ctx, man, src, in_sha, fmt.mode, imp.read, out_path, imp.kept, rej_path, imp.rejected)
     man["shapes"] = dict(sorted(imp.shapes.items()))
     man["reject_reasons"] = dict(sorted(imp.reasons.items()))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ech0 import __version__
 from ech0.context import DATA_LEVELS, Context
+from ech0.data.schema import SCHEMA_VERSION as ROW_SCHEMA_VERSION
 from ech0.errors import UserError
 from ech0.io import atomic_write_json, git_info, sha256_file, utc_now
 
@@ -190,7 +191,7 @@ def base(name: str, stage: str, command: str, options: dict, t0: float) -> dict:
     return {
         "kind": KIND,
         "schema_version": MANIFEST_SCHEMA_VERSION,
-        "row_schema_version": 1,
+        "row_schema_version": ROW_SCHEMA_VERSION,
         "name": name,
         "stage": stage,
         "command": command,

@@ -4,17 +4,21 @@ Used by ``ech0 data import`` and ``ech0 data validate``::
 
     from ech0.data.schema import parse_values, check_row, reject_record
     values, problem = parse_values(text)        # duplicate keys / NaN / depth are reported, not hidden
-    row, reason, detail = check_row(values[0])  # row is the normalised canonical dict, or reason is set
+    row, reason, detail = check_row(values[0], max_turns=64)  # the canonical dict, or reason is set
     reject_record(rec, None, reason, detail, redact, norm, row=values[0])   # one line of a rejects file
 
-Canonical row (one JSON object per line)::
+Canonical row (one JSON object per line): a prompt/completion pair or a conversation::
 
     {"prompt": str, "completion": str, "tags": [str, ...], "quality_score": float in [0, 1] | null,
      "metadata": {...}}
+    {"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...], "tags": ..., ...}
 
-``prompt`` and ``completion`` are required, non-empty after stripping whitespace. ``tags``
-(default ``[]``), ``quality_score`` (default ``null`` = unscored) and ``metadata`` (default ``{}``)
-are optional; any other key is rejected (``unknown_key``) so a misspelt field is never ignored.
+A pair means a one-turn conversation (``ech0.chat.messages_of``). ``prompt`` and ``completion`` are
+required, non-empty after stripping whitespace; in a conversation every turn has exactly ``role`` and
+``content`` (a non-empty string), a system turn comes first if at all, at least one turn is the
+assistant's, and there are at most ``max_turns`` turns. ``tags`` (default ``[]``), ``quality_score``
+(default ``null`` = unscored) and ``metadata`` (default ``{}``) are optional; any other key is
+rejected (``unknown_key``) so a misspelt field is never ignored.
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ import json
 import math
 import re
 
-SCHEMA_VERSION = 1
-REQUIRED = ("prompt", "completion")
+from ech0.chat import ROLES
+
+SCHEMA_VERSION = 2  # 2: a row may be a conversation (messages)
+REQUIRED = ("prompt", "completion")  # a pair; a conversation requires "messages" instead
 OPTIONAL = {"tags": list, "quality_score": None, "metadata": dict}
-KEYS = ("prompt", "completion", "tags", "quality_score", "metadata")
+KEYS = ("prompt", "completion", "messages", "tags", "quality_score", "metadata")
+TURN_KEYS = ("role", "content")
+MAX_TURNS = 64  # default of validate's max_turns
 MAX_DEPTH = 32  # nesting allowed inside metadata (and anywhere in a row)
 MAX_TAGS = 256
 
@@ -40,16 +48,23 @@ REASONS = {
     "duplicate_key": "the same key appears twice in one object (JSON parsers silently keep the last)",
     "non_finite": "NaN or Infinity somewhere in the row (not valid JSON; cannot be compared)",
     "not_an_object": "the row is a JSON array, string, number, boolean or null, not an object",
-    "missing_key": "a required key (prompt, completion) is absent",
+    "missing_key": "a required key (prompt and completion, or messages; a turn's role and content) is absent",
     "unknown_key": "a key outside the canonical schema (misspelt field?)",
     "wrong_type": "a field has the wrong type (e.g. tags as a string, a boolean quality_score)",
-    "empty_field": "prompt or completion (or a tag) is empty or whitespace-only",
+    "empty_field": "prompt or completion (or a tag) is empty or whitespace-only, or messages is an empty list",
     "out_of_range": "quality_score outside [0, 1]",
     "unknown_shape": "import: the object matches no known dataset shape (use --map)",
-    "no_assistant_turn": "import: a chat has no assistant message to use as the completion",
+    "unknown_role": "a turn's role is not system, user or assistant",
+    "empty_content": "a turn's content is empty or whitespace-only (also after removing control characters)",
+    "non_string_content": "a turn's content is not a string",
+    "no_assistant_turn": "a conversation has no assistant turn (nothing to train on)",
+    "system_not_first": "a system turn that is not the first turn",
+    "too_many_turns": "a conversation with more turns than max_turns (default 64)",
+    "template_error": "the model's chat template cannot render the conversation (e.g. roles that do not alternate)",
     "bad_messages": "import: messages/conversations are not a list of {role, content} / {from, value}",
     "no_instances": "import: a self-instruct task with an empty `instances` list",
-    "too_many_tokens": "the training row (BOS + prompt template + completion + EOS) is over --max-tokens",
+    "too_many_tokens": "the conversation as the model's chat template renders it (what training tokenizes) "
+                       "is over --max-tokens",
     "low_quality": "quality_score below --min-quality",
     "duplicate": "exact duplicate (normalised text) of a kept row with equal or higher quality",
     "near_duplicate": "near duplicate (MinHash LSH, Jaccard >= threshold) of a kept row",
@@ -214,26 +229,81 @@ def clean_value(v, counts: dict, fix):
     return v
 
 
-def check_row(obj) -> tuple[dict | None, str | None, str | None]:
-    """Strict schema check. Returns ``(row, None, None)`` or ``(None, reason, detail)``.
+def check_row(obj, max_turns: int | None = None) -> tuple[dict | None, str | None, str | None]:
+    """Strict schema check of a pair or a conversation (``max_turns``: None = no limit). Returns
+    ``(row, None, None)`` or ``(None, reason, detail)``.
 
     ``row`` has exactly the canonical keys (defaults filled in). Text is not yet cleaned or redacted.
     """
     if type(obj) is not dict:
         return None, "not_an_object", f"row is a JSON {_tname(obj)}, expected an object"
-    for k in REQUIRED:
+    required = ("messages",) if "messages" in obj else REQUIRED
+    for k in required:
         if k not in obj:
-            return None, "missing_key", f"missing required key {k!r}"
+            return None, "missing_key", f"missing required key {k!r} (or a 'messages' conversation)"
     for k in obj:
-        if k not in OPTIONAL and k not in REQUIRED:
-            return None, "unknown_key", f"unknown key {_short(k)!r} (allowed: {', '.join(KEYS)})"
-    prompt = obj["prompt"]
-    completion = obj["completion"]
-    for k, v in (("prompt", prompt), ("completion", completion)):
+        if k not in OPTIONAL and k not in required:
+            allowed = ", ".join(x for x in KEYS if x in OPTIONAL or x in required)
+            return None, "unknown_key", f"unknown key {_short(k)!r} (allowed: {allowed})"
+    body, reason, detail = check_messages(obj["messages"], max_turns) if "messages" in obj else check_pair(obj)
+    if reason is None:
+        extras, reason, detail = check_extras(obj)
+    return (None, reason, detail) if reason is not None else ({**body, **extras}, None, None)
+
+
+def check_pair(obj: dict) -> tuple[dict | None, str | None, str | None]:
+    """``({"prompt", "completion"}, None, None)`` or ``(None, reason, detail)``."""
+    for k in REQUIRED:
+        v = obj[k]
         if type(v) is not str:
             return None, "wrong_type", f"{k}: expected a string, got {_tname(v)}"
         if not v.strip():
             return None, "empty_field", f"{k} is empty or whitespace-only"
+    return {"prompt": obj["prompt"], "completion": obj["completion"]}, None, None
+
+
+def check_turn(i: int, m) -> tuple[str, str] | None:
+    """``(reason, detail)`` for turn ``i`` of a conversation that is not ``{role, content}`` as it must be."""
+    where = f"messages[{i}]"
+    if type(m) is not dict:
+        return "wrong_type", f"{where}: expected an object {{role, content}}, got {_tname(m)}"
+    for k in TURN_KEYS:
+        if k not in m:
+            return "missing_key", f"{where}: missing {k!r}"
+    for k in m:
+        if k not in TURN_KEYS:
+            return "unknown_key", f"{where}: unknown key {_short(k)!r} (allowed: role, content)"
+    if type(m["role"]) is not str or m["role"] not in ROLES:
+        shown = repr(_short(m["role"])) if type(m["role"]) is str else _tname(m["role"])
+        return "unknown_role", f"{where}.role {shown}: expected one of {', '.join(ROLES)}"
+    if type(m["content"]) is not str:
+        return "non_string_content", f"{where}.content: expected a string, got {_tname(m['content'])}"
+    if not m["content"].strip():
+        return "empty_content", f"{where}.content is empty or whitespace-only"
+    if m["role"] == "system" and i > 0:
+        return "system_not_first", f"{where}: a system turn after turn 1 (it may only open the conversation)"
+    return None
+
+
+def check_messages(msgs, max_turns: int | None) -> tuple[dict | None, str | None, str | None]:
+    """``({"messages"}, None, None)`` or ``(None, reason, detail)`` for the first problem found."""
+    if type(msgs) is not list:
+        return None, "wrong_type", f"messages: expected an array of {{role, content}}, got {_tname(msgs)}"
+    if not msgs:
+        return None, "empty_field", "messages is an empty list"
+    if max_turns is not None and len(msgs) > max_turns:
+        return None, "too_many_turns", f"{len(msgs)} turns > max_turns {max_turns}"
+    for i, m in enumerate(msgs):
+        problem = check_turn(i, m)
+        if problem is not None:
+            return None, *problem
+    if not any(m["role"] == "assistant" for m in msgs):
+        return None, "no_assistant_turn", "no assistant turn: nothing to train on"
+    return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}, None, None
+
+
+def check_extras(obj: dict) -> tuple[dict | None, str | None, str | None]:
+    """``({"tags", "quality_score", "metadata"}, None, None)`` with defaults filled in, or ``(None, reason, detail)``."""
     tags = obj.get("tags", [])
     if tags is None:
         tags = []
@@ -262,4 +332,31 @@ def check_row(obj) -> tuple[dict | None, str | None, str | None]:
         return None, "wrong_type", f"metadata: expected an object, got {_tname(md)}"
     if md and not _depth_ok(md, 1):
         return None, "too_deep", f"metadata is nested more than {MAX_DEPTH} levels deep"
-    return {"prompt": prompt, "completion": completion, "tags": tags, "quality_score": q, "metadata": md}, None, None
+    return {"tags": tags, "quality_score": q, "metadata": md}, None, None
+
+
+def clean_row_text(row: dict, counts: dict, fix) -> dict:
+    """A checked row with every string through :func:`clean_text` then ``fix`` (the redactor, or
+    identity): prompt and completion or every turn's content, tags, metadata (keys included)."""
+    out = dict(row)
+    if "messages" in row:
+        out["messages"] = [{"role": m["role"], "content": fix(clean_text(m["content"], counts))}
+                           for m in row["messages"]]
+    else:
+        out["prompt"] = fix(clean_text(row["prompt"], counts))
+        out["completion"] = fix(clean_text(row["completion"], counts))
+    out["tags"] = [fix(clean_text(t, counts)) for t in row["tags"]]
+    out["metadata"] = clean_value(row["metadata"], counts, fix) if row["metadata"] else row["metadata"]
+    return out
+
+
+def emptied(row: dict) -> tuple[str, str] | None:
+    """``(reason, detail)`` when cleaning left a prompt, completion or turn empty (control characters only)."""
+    if "messages" not in row:
+        if not row["prompt"].strip() or not row["completion"].strip():
+            return "empty_field", "prompt or completion is empty after removing control characters"
+        return None
+    for i, m in enumerate(row["messages"]):
+        if not m["content"].strip():
+            return "empty_content", f"messages[{i}].content is empty after removing control characters"
+    return None

@@ -9,9 +9,10 @@
 The passes, in order, each a named piece of this module:
 
 1. :class:`Batch` (pass 1, per batch of records, in worker processes or inline): ``parse`` (strict
-   JSON, schema, text cleaning, redaction of secrets and PII, quality filter), ``filter_tokens``
-   (``--max-tokens``, measured as training measures it), ``sign`` (exact-duplicate key and MinHash
-   signature of every surviving row).
+   JSON, schema of pairs and conversations, text cleaning, redaction of secrets and PII in every turn,
+   quality filter), ``render`` (every row through the model's chat template: ``template_error``),
+   ``filter_tokens`` (``--max-tokens``, the rendered conversation measured as training measures it),
+   ``sign`` (exact-duplicate key and MinHash signature of every surviving row's whole conversation).
 2. :class:`Spill`: each batch's outcomes (the redacted canonical row, or a redacted reject record)
    are appended to a spill file beside the output, in input order; in memory stay ~30 bytes of
    per-row bookkeeping plus a 256-byte signature.
@@ -34,15 +35,16 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from ech0.config import DataConfig, ModelConfig
+from ech0.config import ModelConfig
 from ech0.context import Context
 from ech0.data import manifest as mf
 from ech0.data.reader import DEFAULT_MAX_LINE_BYTES, Rec, iter_records, normalizations, sniff
+from ech0.data.schema import MAX_TURNS
 from ech0.errors import UserError
 from ech0.io import atomic_open
 
 K_KEEP, K_REJECT, K_DUP, K_NEAR = 0, 1, 2, 3
-TOKEN_BOUND_SLACK = 32  # room for BOS/EOS and prefix-space tokens on top of one token per byte
+TOKEN_BOUND_SLACK = 32  # room for prefix-space tokens on top of one token per byte of the rendered text
 TOKEN_SAMPLE_PER_BATCH = 8  # rows per batch tokenized anyway, for the manifest's token statistics
 BIG_INPUT = 8 << 20  # inputs over this use one worker per core (up to MAX_AUTO_WORKERS)
 MAX_AUTO_WORKERS = 4
@@ -61,6 +63,7 @@ class ValidateOptions:
     name: str | None = None
     max_tokens: int | None = None
     min_quality: float | None = None
+    max_turns: int = MAX_TURNS  # conversations with more turns are rejected (too_many_turns)
     dedupe: bool = False
     near_dedupe: bool = True  # with --dedupe; --no-near-dedupe keeps only exact dedupe
     threshold: float = 0.8
@@ -69,10 +72,10 @@ class ValidateOptions:
     fail_on_secrets: bool = False
     redact_secrets: bool = True
     redact_pii: bool = True
-    tokenizer: str | None = None  # a tokenizer folder/file or hub id; None: the model's
-    model: str = ModelConfig.name_or_path  # whose tokenizer measures --max-tokens (local:* is built)
-    model_recipe: dict = field(default_factory=dict)  # recipe overrides for a local:* model
-    prompt_template: str = DataConfig.prompt_template  # training's template: part of every row's length
+    tokenizer: str | None = None  # a tokenizer folder or hub id; None: the model's
+    model: str = ModelConfig.name_or_path  # whose chat template renders rows, whose tokenizer counts (local:* is built)
+    model_config: dict = field(default_factory=dict)  # the rest of conf/model/*.yaml: recipe, gguf_file, packaged_gguf
+    chat_template: str | None = None  # a Jinja template replacing the model's own (training's data.chat_template)
     exact_tokens: bool = False  # tokenize every row (exact statistics) instead of the byte bound
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     workers: int | None = None
@@ -90,6 +93,8 @@ def check_options(opts: ValidateOptions) -> None:
         raise UserError(f"--min-quality {opts.min_quality}: expected a number in [0, 1]")
     if opts.max_tokens is not None and opts.max_tokens < 1:
         raise UserError(f"--max-tokens {opts.max_tokens}: expected a positive integer")
+    if opts.max_turns < 1:
+        raise UserError(f"max_turns={opts.max_turns}: expected a positive integer")
     if not 0.0 < opts.threshold <= 1.0:
         raise UserError(f"--threshold {opts.threshold}: expected a number in (0, 1]")
     if opts.workers is not None and opts.workers < 1:
@@ -106,8 +111,7 @@ class Worker:
     opts: ValidateOptions
     redactor: object  # ech0.data.redact.Redactor
     minhash: object | None  # ech0.data.dedupe.MinHasher, with near dedupe
-    tokens: object | None  # ech0.data.tokens.TokenCounter, when a tokenizer is configured
-    template_bytes: int = 0  # UTF-8 bytes the prompt template adds to every row
+    tokens: object | None  # ech0.data.tokens.ChatTokens, when a tokenizer is configured
     bound_ok: bool = True  # False once the tokenizer broke the byte bound: every row is measured from then on
 
     @classmethod
@@ -117,12 +121,11 @@ class Worker:
 
         tokens = None
         if tok_name is not None:
-            from ech0.data.tokens import TokenCounter
+            from ech0.data.tokens import ChatTokens
 
-            tokens = TokenCounter(tok_name, opts.prompt_template)
+            tokens = ChatTokens(tok_name, opts.chat_template)
         return cls(opts, Redactor(secrets=opts.redact_secrets, pii=opts.redact_pii),
-                   MinHasher(opts.num_perm, opts.ngram) if opts.dedupe and opts.near_dedupe else None, tokens,
-                   template_bytes=len(opts.prompt_template.format(prompt="").encode("utf-8")))
+                   MinHasher(opts.num_perm, opts.ngram) if opts.dedupe and opts.near_dedupe else None, tokens)
 
 
 _worker: Worker | None = None  # this process's pass-1 state (set by init_worker)
@@ -148,17 +151,14 @@ def _dumps(obj) -> bytes:
 
 
 def clean_row(row: dict, norm: dict, fix) -> tuple[dict | None, str | None, str | None]:
-    """Clean and redact every text field of a schema-checked row: ``(row, None, None)``, or
-    ``(None, "empty_field", detail)`` when prompt or completion is empty afterwards."""
-    from ech0.data.schema import clean_text, clean_value
+    """Clean and redact every text field of a schema-checked row (every turn of a conversation):
+    ``(row, None, None)``, or ``(None, reason, detail)`` when a prompt, completion or turn is empty
+    afterwards (``empty_field`` / ``empty_content``)."""
+    from ech0.data.schema import clean_row_text, emptied
 
-    prompt = fix(clean_text(row["prompt"], norm))
-    completion = fix(clean_text(row["completion"], norm))
-    if not prompt.strip() or not completion.strip():
-        return None, "empty_field", "prompt or completion is empty after removing control characters"
-    tags = [fix(clean_text(t, norm)) for t in row["tags"]]
-    metadata = clean_value(row["metadata"], norm, fix) if row["metadata"] else row["metadata"]
-    return {**row, "prompt": prompt, "completion": completion, "tags": tags, "metadata": metadata}, None, None
+    out = clean_row_text(row, norm, fix)
+    problem = emptied(out)
+    return (out, None, None) if problem is None else (None, *problem)
 
 
 def quality_problem(row: dict, min_quality: float | None) -> tuple[str, str] | None:
@@ -173,19 +173,20 @@ def _utf8_len(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8"))
 
 
-def byte_bounds(rows: list[dict], template_bytes: int) -> list[int]:
-    """An upper bound of each row's training length: every token covers at least one byte of text."""
-    return [_utf8_len(r["prompt"]) + _utf8_len(r["completion"]) + template_bytes + TOKEN_BOUND_SLACK for r in rows]
+def byte_bounds(texts: list[str]) -> list[int]:
+    """An upper bound of each rendered row's token count: every token covers at least one byte of text."""
+    return [_utf8_len(t) + TOKEN_BOUND_SLACK for t in texts]
 
 
 def rows_to_measure(bounds: list[int], max_tokens: int | None, every: bool) -> list[int]:
-    """Rows that go through the (slow) tokenizer: those whose bound exceeds ``max_tokens`` plus a
-    small sample for the statistics, or all of them (``every``, or no limit to prove)."""
-    if every or max_tokens is None:
+    """Rows that go through the (slow) tokenizer: those whose bound exceeds ``max_tokens`` (all of
+    them without a limit: none), plus a small sample for the statistics; or all of them (``every``)."""
+    if every:
         return list(range(len(bounds)))
-    over = [j for j, b in enumerate(bounds) if b > max_tokens]
+    limit = float("inf") if max_tokens is None else max_tokens
+    over = [j for j, b in enumerate(bounds) if b > limit]
     step = max(1, len(bounds) // TOKEN_SAMPLE_PER_BATCH)
-    sample = [j for j in range(0, len(bounds), step) if bounds[j] <= max_tokens][:TOKEN_SAMPLE_PER_BATCH]
+    sample = [j for j in range(0, len(bounds), step) if bounds[j] <= limit][:TOKEN_SAMPLE_PER_BATCH]
     return sorted(set(over) | set(sample))
 
 
@@ -214,6 +215,7 @@ class Batch:
         self.linenos: list[int] = []
         self.quality: list[float] = []
         self.cands: list[Cand] = []
+        self.texts: list[str] = []  # each candidate rendered through the chat template (with a tokenizer)
         self.secret_rows: list = []  # (line, [secret rules]) for --fail-on-secrets
         self.split_lines = 0
         self.ntok = None
@@ -224,6 +226,7 @@ class Batch:
     def run(self, recs: list[Rec]) -> dict:
         self.parse(recs)
         if self.w.tokens is not None:
+            self.render()
             self.filter_tokens()
         self.sign()
         return self.result()
@@ -252,6 +255,8 @@ class Batch:
         from ech0.data.schema import reject_record
 
         c = self.cands.pop(j)
+        if self.texts:
+            del self.texts[j]
         self.lines[c.pos] = _dumps(reject_record(c.rec, c.item, reason, detail, self.red, self.norm, row=c.row))
         self.kinds[c.pos] = K_REJECT
         self.quality[c.pos] = -1.0
@@ -283,7 +288,7 @@ class Batch:
     def check(self, rec: Rec, item, value) -> None:
         from ech0.data.schema import check_row
 
-        row, reason, detail = check_row(value)
+        row, reason, detail = check_row(value, self.opts.max_turns)
         if row is not None:
             row, reason, detail = clean_row(row, self.norm, self.red)
         if row is not None:
@@ -293,40 +298,55 @@ class Batch:
         else:
             self.reject(rec, item, reason, detail, row=value)
 
+    def render(self) -> None:
+        """Every candidate through the model's chat template (already redacted); a conversation the
+        template cannot render becomes a ``template_error`` reject."""
+        from ech0.chat import TemplateError, messages_of
+
+        texts, failed = [], []
+        for j, c in enumerate(self.cands):
+            try:
+                texts.append(self.w.tokens.render(messages_of(c.row)))
+            except TemplateError as e:
+                texts.append("")
+                failed.append((j, str(e)))
+        self.texts = texts
+        for j, detail in reversed(failed):
+            self.drop(j, "template_error", detail)
+
     def filter_tokens(self) -> None:
-        """``--max-tokens``: rows whose byte bound proves they fit skip the tokenizer (plus a sample
-        measured for the statistics); if a measured row ever breaks its bound, every row is measured."""
-        rows = [c.row for c in self.cands]
-        if not rows:
+        """``--max-tokens`` on the rendered rows: those whose byte bound proves they fit skip the tokenizer
+        (plus a sample measured for the statistics); if a measured row ever breaks its bound, every row is measured."""
+        texts = self.texts
+        if not texts:
             return
         w, limit = self.w, self.opts.max_tokens
-        bounds = byte_bounds(rows, w.template_bytes)
-        measured = self._measure(rows, rows_to_measure(bounds, limit, self.opts.exact_tokens or not w.bound_ok))
+        bounds = byte_bounds(texts)
+        measured = self._measure(texts, rows_to_measure(bounds, limit, self.opts.exact_tokens or not w.bound_ok))
         violations = sum(1 for j, n in measured.items() if n > bounds[j])
         if violations:
             w.bound_ok = False  # this tokenizer breaks the byte bound: the rows skipped here are measured too
-            measured.update(self._measure(rows, [j for j in range(len(rows)) if j not in measured]))
+            measured.update(self._measure(texts, [j for j in range(len(texts)) if j not in measured]))
         self.ntok = np.fromiter(measured.values(), np.int32, count=len(measured))
-        self.tok_info = {"measured": len(measured), "skipped_by_bound": len(rows) - len(measured),
+        self.tok_info = {"measured": len(measured), "skipped_by_bound": len(texts) - len(measured),
                          "bound_violations": violations,
                          "bound_max": max((b for j, b in enumerate(bounds) if j not in measured), default=0)}
         if limit is not None:
             for j in sorted((j for j, n in measured.items() if n > limit), reverse=True):
                 self.drop(j, "too_many_tokens", f"{measured[j]} tokens > --max-tokens {limit}")
 
-    def _measure(self, rows: list[dict], which: list[int]) -> dict[int, int]:
+    def _measure(self, texts: list[str], which: list[int]) -> dict[int, int]:
         if not which:
             return {}
-        counted = self.w.tokens.count([rows[j]["prompt"] for j in which], [rows[j]["completion"] for j in which])
-        return dict(zip(which, counted.tolist()))
+        return dict(zip(which, self.w.tokens.count([texts[j] for j in which]).tolist()))
 
     def sign(self) -> None:
         """Exact-duplicate keys and b-bit MinHash signatures of the kept rows (with dedupe); serialise them."""
-        from ech0.data.dedupe import exact_key, normalize, to_bbit
+        from ech0.data.dedupe import exact_key, normalized, to_bbit
 
         self.keys = np.zeros(len(self.cands), np.int64)
         if self.cands and self.opts.dedupe:
-            norms = [normalize(c.row["prompt"], c.row["completion"]) for c in self.cands]
+            norms = [normalized(c.row) for c in self.cands]
             self.keys = np.fromiter((exact_key(t) for t in norms), dtype=np.int64, count=len(norms))
             if self.w.minhash is not None:
                 self.sig16 = to_bbit(self.w.minhash.signatures(norms))
@@ -417,12 +437,11 @@ class Spill:
 
     def normalised_text(self, idx: int) -> str:
         """Row ``idx``'s normalised text, read back from the spill (for exact Jaccard checks)."""
-        from ech0.data.dedupe import normalize
+        from ech0.data.dedupe import normalized
 
         with open(self.path, "rb") as f:
             f.seek(int(self.offsets[idx]))
-            r = json.loads(f.readline())
-        return normalize(r["prompt"], r["completion"])
+            return normalized(json.loads(f.readline()))
 
 
 def batches(fmt, opts: ValidateOptions, progress) -> Iterator[list[Rec]]:
@@ -444,9 +463,12 @@ def read_into(spill: Spill, fmt, opts: ValidateOptions, workers: int, progress) 
         for b in batches(fmt, opts, progress):
             spill.add(process_batch(b))
         return
+    import gc
     import multiprocessing as mp
 
+    gc.freeze()  # the inherited heap (transformers, torch) is not scanned by the workers' gc: no copy-on-write
     pool = mp.get_context("fork").Pool(workers)  # workers inherit this process's Worker
+    gc.unfreeze()
     try:
         inflight: deque = deque()
         for b in batches(fmt, opts, progress):
@@ -508,8 +530,8 @@ def dedupe(kinds: np.ndarray, quality: np.ndarray, keys: np.ndarray, store, opts
     """Exact duplicates (same key), then near duplicates (MinHash LSH) among the rows left; ``kinds`` is
     updated in place. ``text_of(row index)`` gives normalised text for exact Jaccard checks."""
     d = Dedupe(kinds, np.full(kinds.size, -1, np.int64), np.zeros(kinds.size, np.float32),
-               {"exact": {"key": "blake2b-64 of normalised prompt+completion (NFKC, casefold, zero-width removed, "
-                                 "whitespace collapsed)"}})
+               {"exact": {"key": "blake2b-64 of the normalised conversation, one 'role: content' line per turn "
+                                 "(NFKC, casefold, zero-width removed, whitespace collapsed)"}})
     cand = np.flatnonzero(kinds == K_KEEP)  # rows with keys/signatures, in order
     if cand.size == 0:
         d.stats["exact"].update(rows_removed=0, clusters=0)
@@ -668,15 +690,16 @@ def token_stats(chunks: list[np.ndarray]) -> dict | None:
 
 
 def tokenizer_for(ctx: Context, opts: ValidateOptions) -> str | None:
-    """The tokenizer that measures rows: ``opts.tokenizer``, else the model's (a ``local:*`` model is
-    built under ``ctx.base_models`` on first use); None when nothing needs one."""
+    """The tokenizer whose chat template renders rows and whose tokens are counted: ``opts.tokenizer``,
+    else the model's (a ``local:*`` model is built under ``ctx.base_models`` on first use) at the clean
+    stage (every row must render) or with ``--max-tokens``; None when nothing needs one."""
     if opts.tokenizer:
         return opts.tokenizer
-    if opts.max_tokens is None:
+    if opts.stage != "clean" and opts.max_tokens is None:
         return None
-    from ech0.models import resolve
+    from ech0.models import resolve_config
 
-    return resolve(opts.model, dict(opts.model_recipe), ctx.base_models)
+    return resolve_config({**opts.model_config, "name_or_path": opts.model}, ctx.base_models)
 
 
 def worker_count(requested: int | None, size: int) -> int:
@@ -761,9 +784,10 @@ class Validation:
                 "rows_within_byte_bound": info.get("skipped_by_bound", 0),
                 "byte_bound_max": info.get("bound_max", 0),
                 "byte_bound_violations": info.get("bound_violations", 0),
-                "measures": "BOS + prompt_template.format(prompt) + completion + EOS (the training row)",
+                "measures": "the conversation rendered by the model's chat template, tokenized without special "
+                            "tokens (what training tokenizes: ech0.chat.encode)",
                 "note": "statistics over measured rows (all rows that could exceed --max-tokens, plus a sample); "
-                        f"the others are within the bound utf8_bytes(template + prompt + completion) + "
+                        f"the others are within the bound utf8_bytes(rendered conversation) + "
                         f"{TOKEN_BOUND_SLACK} <= --max-tokens"}
 
 

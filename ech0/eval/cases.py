@@ -28,7 +28,8 @@ from ech0.errors import UserError
 
 CHECK_TYPES = ("exact", "contains", "not_contains", "regex", "max_length", "min_similarity", "max_loss")
 NEEDS_REFERENCE = ("min_similarity", "max_loss")
-CASE_KEYS = {"id", "prompt", "reference", "checks", "tags", "weight", "max_new_tokens", "notes"}
+CASE_KEYS = {"id", "prompt", "messages", "reference", "checks", "tags", "weight", "max_new_tokens", "notes"}
+CONTEXT_ROLES = ("system", "user", "assistant")
 # allowed keys per check type (besides "type"), and the required ones
 _CHECK_KEYS = {
     "exact": ({"value", "ignore_case"}, set()),
@@ -72,10 +73,16 @@ class Case:
     weight: float = 1.0
     max_new_tokens: int | None = None
     line: int = 0
+    messages: list[dict] | None = None  # a multi-turn context ending with the user's turn (instead of prompt)
 
     @property
     def needs_loss(self) -> bool:
         return self.reference is not None
+
+    @property
+    def request(self) -> list[dict]:
+        """What the model is asked: the context's turns, or the prompt as one user turn."""
+        return self.messages or [{"role": "user", "content": self.prompt}]
 
 
 @dataclass
@@ -94,6 +101,7 @@ class Baseline:
 
         return pd.DataFrame({
             "id": [c.id for c in self.cases], "prompt": [c.prompt for c in self.cases],
+            "messages": [json.dumps(c.messages) if c.messages else None for c in self.cases],
             "reference": [c.reference for c in self.cases],
             "checks": [json.dumps([{"type": k.type, **k.params} for k in c.checks]) for c in self.cases],
             "tags": [json.dumps(c.tags) for c in self.cases], "weight": [c.weight for c in self.cases]})
@@ -160,9 +168,12 @@ def parse_case(obj, where: str, line: int) -> Case:
     extra = set(obj) - CASE_KEYS
     if extra:
         raise UserError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(CASE_KEYS))}")
-    for key in ("id", "prompt"):
-        if not isinstance(obj.get(key), str) or not obj[key].strip():
-            raise UserError(f"{where}: {key!r} must be a non-empty string")
+    if not isinstance(obj.get("id"), str) or not obj["id"].strip():
+        raise UserError(f"{where}: 'id' must be a non-empty string")
+    messages = _messages(obj, where)
+    prompt = messages[-1]["content"] if messages else obj.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError(f"{where}: 'prompt' must be a non-empty string (or give 'messages')")
     ref = obj.get("reference")
     if ref is not None and (not isinstance(ref, str) or not ref):
         raise UserError(f"{where}: 'reference' must be a non-empty string when given")
@@ -177,7 +188,26 @@ def parse_case(obj, where: str, line: int) -> Case:
     if mnt is not None:
         _number(where, "max_new_tokens", mnt, 1, 4096, integer=True)
     parsed = [parse_check(c, f"{where}: checks[{i}]", ref is not None) for i, c in enumerate(checks)]
-    return Case(obj["id"], obj["prompt"], parsed, ref, tags, float(weight), mnt, line)
+    return Case(obj["id"], prompt, parsed, ref, tags, float(weight), mnt, line, messages)
+
+
+def _messages(obj: dict, where: str) -> list[dict] | None:
+    """A case's ``messages``: {role, content} turns ending with a user turn; exclusive with ``prompt``."""
+    if "messages" not in obj:
+        return None
+    if "prompt" in obj:
+        raise UserError(f"{where}: give 'prompt' or 'messages', not both")
+    msgs = obj["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} turns")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or set(m) != {"role", "content"} or m["role"] not in CONTEXT_ROLES \
+                or not isinstance(m["content"], str) or not m["content"].strip():
+            raise UserError(f"{where}: messages[{i}] must be {{\"role\": {'|'.join(CONTEXT_ROLES)}, "
+                            "\"content\": non-empty string}")
+    if msgs[-1]["role"] != "user":
+        raise UserError(f"{where}: the last of 'messages' is the user's turn the model answers")
+    return [dict(m) for m in msgs]
 
 
 def load_baseline(path: str | Path) -> Baseline:

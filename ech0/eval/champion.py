@@ -26,7 +26,7 @@ CACHE_VERSION = 1  # bump when scoring changes what a cached result means
 def _cache_key(mv, baseline_sha: str, settings: dict) -> str:
     blob = json.dumps({"v": CACHE_VERSION, "name": mv.name, "version": str(mv.version), "run_id": mv.run_id,
                        "source": mv.source, "baseline": baseline_sha,
-                       "settings": {k: settings.get(k) for k in ("max_new_tokens", "prompt_template", "seed")}},
+                       "settings": {k: settings.get(k) for k in ("max_new_tokens", "seed")}},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -50,7 +50,7 @@ def _evaluate_champion(ctx: Context, mv, settings: dict, score_fn) -> dict:
     """The champion's aggregates and per-case verdicts, scored like the candidate."""
     from ech0.eval.subject import load_subject
 
-    subject = load_subject(ctx, f"models:/{mv.name}/{mv.version}", settings.get("prompt_template"))
+    subject = load_subject(ctx, f"models:/{mv.name}/{mv.version}")
     results, agg, _ = score_fn(subject)
     return {"aggregates": {k: agg[k] for k in ("pass_rate", "mean_score", "reference_loss", "safety_flags", "cases",
                                                "passed")},

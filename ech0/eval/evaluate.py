@@ -48,7 +48,7 @@ class Report:
 def output_settings(cfg) -> dict:
     """The settings that change a model's outputs (they key the champion's cache)."""
     return {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-            "prompt_template": cfg.prompt_template, "seed": cfg.seed}
+            "seed": cfg.seed}
 
 
 def compose_config(overrides: list[str] | None = None, **fields):
@@ -94,7 +94,7 @@ def _report_data(cfg, model_ref, subject: Subject, base, agg: dict, results: lis
         "model": {"ref": str(model_ref), "kind": subject.kind, "label": subject.label, "run_id": subject.run_id,
                   **subject.info},
         "baseline": {"path": str(base.path), "name": base.name, "sha256": base.sha256, "cases": len(base.cases)},
-        "settings": {**output_settings(cfg), "template": subject.template,
+        "settings": {**output_settings(cfg), "chat_template": getattr(subject.tokenizer, "chat_template", None),
                      "generation": "greedy" if subject.pyfunc is None else "pyfunc.predict"},
         "gate": OmegaConf.to_container(cfg.gate, resolve=True),
         "verdict": {"passed": verdict[0], "reasons": verdict[1]},
@@ -133,7 +133,7 @@ def evaluate(ctx: Context, model_ref: str | Path, baseline: str | Path | None = 
 
     torch.manual_seed(cfg.seed)
     say(f"loading {model_ref}")
-    subject = load_subject(ctx, model_ref, cfg.prompt_template)
+    subject = load_subject(ctx, model_ref)
     say(f"{len(base.cases)} cases from {base.path} (sha256 {base.sha256[:12]})")
     results, agg, timing = score_cases(subject, base, cfg, scanner)
     say(f"pass rate {agg['pass_rate']:.3f}, mean score {agg['mean_score']:.3f}, "

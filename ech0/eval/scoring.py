@@ -16,16 +16,21 @@ from ech0.errors import UserError
 from ech0.eval.subject import Subject
 
 
-def _predict(subject: Subject, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions: through :func:`ech0.generation.generate`, or the pyfunc's own ``predict``."""
+def _predict(subject: Subject, cases: list, max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy completions: through :func:`ech0.generation.generate`, or the pyfunc's own ``predict``
+    (a prompt frame for single-turn cases; a chat request for each multi-turn one)."""
     if subject.pyfunc is None:
         from ech0.generation import generate
 
-        return generate(subject.model, subject.tokenizer, prompts, subject.template, max_new_tokens=max_new_tokens,
+        return generate(subject.model, subject.tokenizer, [c.request for c in cases], max_new_tokens=max_new_tokens,
                         batch_size=batch_size)
+    if any(c.messages for c in cases):
+        return [subject.pyfunc.predict({"messages": c.request, "max_tokens": max_new_tokens, "temperature": 0})
+                ["choices"][0]["message"]["content"] for c in cases]
     import pandas as pd
 
-    texts = subject.pyfunc.predict(pd.DataFrame({"prompt": prompts}), params={"max_new_tokens": max_new_tokens})
+    texts = subject.pyfunc.predict(pd.DataFrame({"prompt": [c.prompt for c in cases]}),
+                                   params={"max_new_tokens": max_new_tokens})
     return list(texts.iloc[:, 0] if hasattr(texts, "iloc") and getattr(texts, "ndim", 1) == 2 else texts)
 
 
@@ -36,20 +41,22 @@ def generate_outputs(subject: Subject, cases, max_new_tokens: int, batch_size: i
         groups[c.max_new_tokens or max_new_tokens].append(i)
     out = [""] * len(cases)
     for n, idx in sorted(groups.items()):
-        for i, text in zip(idx, _predict(subject, [cases[i].prompt for i in idx], n, batch_size)):
+        for i, text in zip(idx, _predict(subject, [cases[i] for i in idx], n, batch_size)):
             out[i] = str(text)
     return out
 
 
-def _reference_examples(model, tokenizer, template: str, cases) -> dict:
-    """``{case index: Example}`` for cases with a reference, encoded as training encodes a row."""
+def _reference_examples(model, tokenizer, cases) -> dict:
+    """``{case index: Example}`` for cases with a reference: the context + the reference as the last
+    assistant turn, encoded as training encodes a row (loss on that turn only)."""
     from ech0.train.data import encode_row
 
     limit = int(getattr(getattr(model, "config", None), "max_position_embeddings", 2048) or 2048)
     examples = {}
     for i, c in enumerate(cases):
         if c.reference is not None:
-            ex = encode_row({"prompt": c.prompt, "completion": c.reference}, tokenizer, template, limit, "right")
+            row = {"messages": [*c.request, {"role": "assistant", "content": c.reference}]}
+            ex = encode_row(row, tokenizer, limit, "right", train_on="last")
             if not isinstance(ex, str):  # a str is encode_row's reason for dropping the row
                 examples[i] = ex
     return examples
@@ -66,18 +73,18 @@ def _row_losses(model, batch: dict, device) -> tuple[list[float], list[int]]:
     return ce.sum(1).tolist(), (labels != -100).sum(1).tolist()
 
 
-def reference_losses(model, tokenizer, template: str, cases, batch_size: int) -> dict[int, tuple[float, int]]:
+def reference_losses(model, tokenizer, cases, batch_size: int) -> dict[int, tuple[float, int]]:
     """Teacher-forced loss of each case's reference completion: ``{case index: (summed loss, tokens)}``.
 
-    Encoded exactly as in training (``encode_row``: BOS + template + completion + EOS, loss on the
-    completion only), batched by length with right padding masked out. Per-case sums are what
+    Encoded exactly as in training (``encode_row``: the chat template, loss on the reference turn and
+    its end-of-turn token), batched by length with right padding masked out. Per-case sums are what
     ``max_loss`` checks need; training's :func:`ech0.train.loop.completion_loss` returns only the mean.
     """
     import torch
 
     from ech0.train.data import collate
 
-    examples = _reference_examples(model, tokenizer, template, cases)
+    examples = _reference_examples(model, tokenizer, cases)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     order = sorted(examples, key=lambda i: len(examples[i]))
@@ -117,7 +124,7 @@ def score_cases(subject: Subject, baseline, cfg, scanner) -> tuple[list[dict], d
     t0 = time.perf_counter()
     outputs = generate_outputs(subject, cases, cfg.max_new_tokens, cfg.batch_size)
     t1 = time.perf_counter()
-    losses = (reference_losses(subject.model, subject.tokenizer, subject.template, cases, cfg.batch_size)
+    losses = (reference_losses(subject.model, subject.tokenizer, cases, cfg.batch_size)
               if subject.model is not None else {})
     t2 = time.perf_counter()
     results = [_case_result(case, output, losses[i][0] / max(losses[i][1], 1) if i in losses else None, scanner)

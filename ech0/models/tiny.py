@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BUILD_VERSION = 1  # bump when the build code changes what it produces
+BUILD_VERSION = 2  # bump when the build code changes what it produces (2: a chat template)
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,13 @@ def _train_tokenizer(lines: list[str], vocab_size: int, out: Path):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(lines, trainer=trainer)
+    from ech0.chat import DEFAULT_TEMPLATE
+
+    # The chat template ech0 gives any model without one (ChatML's layout, turns closed by </s>), written
+    # into the tokenizer so that the fast suite trains, evaluates and serves through apply_chat_template.
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", unk_token="<unk>", model_max_length=2048)
+    fast.chat_template = DEFAULT_TEMPLATE
     fast.save_pretrained(out)
     return fast
 
@@ -87,8 +92,9 @@ def build(recipe: TinyRecipe, base_models: Path, force: bool = False, verbose: b
     say(f"building base model {out.name} (once per recipe) ...")
     corpus = pretraining_corpus(recipe.corpus_lines, recipe.seed)
     train_rows, _ = sample_rows()
-    # The tokenizer also sees the instruction template's words so they are not split into bytes.
-    tok_lines = corpus + [f"### Instruction:\n{r['prompt']}\n\n### Response:\n{r['completion']}" for r in train_rows]
+    # The tokenizer also sees chat-rendered rows, so the template's markers are not split into bytes.
+    tok_lines = corpus + [f"<|im_start|>user\n{r['prompt']}</s>\n<|im_start|>assistant\n{r['completion']}</s>\n"
+                          for r in train_rows]
     torch.manual_seed(recipe.seed)
     with atomic_dir(out, overwrite=True) as tmp:
         tok = _train_tokenizer(tok_lines, recipe.vocab_size, tmp)

@@ -1,12 +1,15 @@
-"""Canonical JSONL rows -> token ids with completion-only labels, and a deterministic batch order.
+"""Canonical JSONL rows -> token ids with assistant-only labels, and a deterministic batch order.
 
     rows = read_rows("data/processed/x.jsonl")
-    examples, stats = tokenize_rows(rows, tokenizer, template, max_length=512, truncation="right")
+    examples, stats = tokenize_rows(rows, tokenizer, max_length=512, truncation="right", train_on="assistant")
 
-Each row is BOS + ``template.format(prompt=...)`` + completion + EOS (:mod:`ech0.prompts`). Labels are -100 on prompt tokens, so
-the loss counts completion tokens only. Truncation policy when a row exceeds ``max_length``:
-``right`` cuts the completion's tail (EOS lost), ``left`` cuts the prompt's head, ``drop`` skips the row.
-A row whose completion would vanish entirely is skipped either way; every skip is counted.
+A row is a conversation (``messages``) or a prompt/completion pair (one user turn, one assistant
+turn). It is rendered through the model's chat template and labelled by :func:`ech0.chat.encode`:
+``train_on`` = ``assistant`` (every assistant turn with its end-of-turn token), ``last`` (the last
+assistant turn), ``all``. Labels are -100 elsewhere. Truncation when a row exceeds ``max_length``:
+``right`` cuts the tail, ``left`` cuts the oldest tokens, ``drop`` skips the row; a row with no trained
+token left is skipped. A row whose template cannot render it, or whose mask is empty before any
+truncation, is refused with its line number: that is a data error, never silently trained around.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ TRUNCATION = ("right", "left", "drop")
 class Example:
     input_ids: list[int]
     labels: list[int]
+    line: int = 0  # the row's line in its file (1-based; 0: not from a file)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -52,48 +56,77 @@ def read_rows(path: str | Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); run it through `ech0 data validate`") from None
-            for key in ("prompt", "completion"):
-                if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                    raise UserError(f"{path}:{n}: row has no string {key!r}; run it through `ech0 data validate`")
-            rows.append(row)
+            problem = row_problem(row)
+            if problem:
+                raise UserError(f"{path}:{n}: {problem}; run it through `ech0 data validate`")
+            rows.append({**row, "_line": n})
     if not rows:
         raise UserError(f"{path}: no rows; the training file is empty")
     return rows
 
 
-def encode_row(row: dict, tokenizer, template: str, max_length: int, truncation: str) -> Example | str:
-    """One row -> Example, or a skip reason."""
-    from ech0.prompts import encode_pair, hf_encoder
+def row_problem(row) -> str | None:
+    """Why a row cannot be trained on, or None (the data stage checks far more, with reason codes)."""
+    if not isinstance(row, dict):
+        return "a row is a JSON object"
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs):
+            return "'messages' is a non-empty list of {role, content} strings"
+        return None
+    for key in ("prompt", "completion"):
+        if not isinstance(row.get(key), str):
+            return f"row has no string {key!r} (and no 'messages')"
+    return None
 
-    prompt_ids, completion_ids = encode_pair(hf_encoder(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
-                                             template, row["prompt"], row["completion"])
-    overflow = len(prompt_ids) + len(completion_ids) - max_length
-    if overflow > 0:
+
+def encode_row(row: dict, tokenizer, max_length: int, truncation: str, train_on: str = "assistant") -> Example | str:
+    """One row -> Example, or a skip reason (``too_long``, ``no_completion_left``, ``empty_mask``, ``template_error``)."""
+    from ech0.chat import TemplateError, encode, messages_of
+
+    try:
+        ids, labels = encode(tokenizer, messages_of(row), train_on)
+    except TemplateError:
+        return "template_error"
+    if all(t == -100 for t in labels):
+        return "empty_mask"
+    if len(ids) > max_length:
         if truncation == "drop":
             return "too_long"
-        if truncation == "right":
-            completion_ids = completion_ids[: len(completion_ids) - overflow]
-        else:  # left: keep BOS, cut the oldest prompt tokens
-            keep = len(prompt_ids) - overflow
-            if keep < 2:
-                return "prompt_too_long"
-            prompt_ids = prompt_ids[:1] + prompt_ids[1 + overflow:]
-    if not completion_ids:
+        cut = slice(0, max_length) if truncation == "right" else slice(len(ids) - max_length, None)
+        ids, labels = ids[cut], labels[cut]
+    if all(t == -100 for t in labels[1:]):  # the first token is never predicted
         return "no_completion_left"
-    return Example(prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids)
+    return Example(ids, labels, row.get("_line", 0))
 
 
-def tokenize_rows(rows: list[dict], tokenizer, template: str, max_length: int, truncation: str):
+REFUSED = ("template_error", "empty_mask")  # data errors: the run stops naming the line, nothing is trained around
+
+
+def tokenize_rows(rows: list[dict], tokenizer, max_length: int, truncation: str, train_on: str = "assistant",
+                  source: str = "data"):
+    """(examples, stats); a row the template cannot render or whose mask is empty raises UserError naming its line."""
+    from ech0.chat import TRAIN_ON, end_of_turn_id
+
     if truncation not in TRUNCATION:
         raise UserError(f"trainer.truncation={truncation!r}: expected one of {', '.join(TRUNCATION)}")
+    if train_on not in TRAIN_ON:
+        raise UserError(f"data.train_on={train_on!r}: expected one of {', '.join(TRAIN_ON)}")
+    eot = end_of_turn_id(tokenizer)
     stats = TokenizeStats(rows=len(rows))
     examples = []
     for row in rows:
-        ex = encode_row(row, tokenizer, template, max_length, truncation)
+        ex = encode_row(row, tokenizer, max_length, truncation, train_on)
+        if ex in REFUSED:
+            what = ("the model's chat template cannot render it" if ex == "template_error" else
+                    f"no token is trained with data.train_on={train_on} (no assistant turn)")
+            raise UserError(f"{source}:{row.get('_line', '?')}: {what}; fix the row or run the file through "
+                            "`ech0 data validate` (it rejects such rows)")
         if isinstance(ex, str):
             stats.skipped[ex] = stats.skipped.get(ex, 0) + 1
             continue
-        stats.truncated += int(ex.labels[-1] != tokenizer.eos_token_id)
+        stats.truncated += int(ex.labels[-1] != eot)
         stats.completion_tokens += sum(1 for t in ex.labels if t != -100)
         stats.tokens += len(ex)
         examples.append(ex)

@@ -103,11 +103,28 @@ def lineage(ctx: Context, file: str | Path) -> dict | None:
     return None
 
 
+def split_by_content(rows: list[dict], fraction: float, floor: int, cap: int) -> tuple[list, list, str | None]:
+    """(train rows, held-out rows, the split's digest): the rows whose content hashes lowest are held out,
+    ``fraction`` of them within [floor, cap]; the same rows in any order split the same way. A file too
+    small to give ``floor`` rows and keep twice as many for training is not split (digest None)."""
+    n = min(cap, max(floor, round(len(rows) * fraction)))
+    if len(rows) < 3 * n or n < 1:
+        return rows, [], None
+    key = {id(r): hashlib.sha256(json.dumps({k: v for k, v in r.items() if k != "_line"}, sort_keys=True,
+                                            ensure_ascii=False).encode()).hexdigest() for r in rows}
+    held = set(sorted(set(key.values()))[:n])  # identical rows share a hash: all held out, or none
+    train, heldout = [r for r in rows if key[id(r)] not in held], [r for r in rows if key[id(r)] in held]
+    if len(train) < 2 * len(heldout):
+        return rows, [], None
+    return train, heldout, hashlib.sha256("".join(sorted(held)).encode()).hexdigest()
+
+
 def dataset_frame(rows: list[dict]):
     import pandas as pd
 
     return pd.DataFrame({
-        "prompt": [r["prompt"] for r in rows], "completion": [r["completion"] for r in rows],
+        "prompt": [r.get("prompt") for r in rows], "completion": [r.get("completion") for r in rows],
+        "messages": [json.dumps(r["messages"], ensure_ascii=False) if "messages" in r else None for r in rows],
         "tags": [json.dumps(r.get("tags", [])) for r in rows],
         "quality_score": [r.get("quality_score") for r in rows],
         "metadata": [json.dumps(r.get("metadata", {}), ensure_ascii=False) for r in rows],
@@ -116,9 +133,9 @@ def dataset_frame(rows: list[dict]):
 
 def base_path_of(cfg: DictConfig, ctx: Context) -> str:
     """The base model's folder (``local:*`` built once under the context's base models) or hub id."""
-    from ech0.models import resolve
+    from ech0.models import resolve_config
 
-    return resolve(cfg.model.name_or_path, OmegaConf.to_container(cfg.model.recipe), ctx.base_models)
+    return resolve_config(OmegaConf.to_container(cfg.model, resolve=True), ctx.base_models)
 
 
 def base_hash(cfg: DictConfig, base_path: str) -> str:
@@ -209,20 +226,38 @@ class TrainRecipe:
         cfg, tc = self.cfg, self.tc
         self.train_rows = read_rows(cfg.data.train_file)
         self.eval_rows = read_rows(cfg.data.eval_file) if cfg.data.eval_file else []
+        self.split_digest = None
+        if not self.eval_rows and cfg.data.eval_fraction > 0:  # hold rows out of the training file itself
+            self.train_rows, self.eval_rows, self.split_digest = split_by_content(
+                self.train_rows, cfg.data.eval_fraction, cfg.data.eval_min_rows, cfg.data.eval_max_rows)
         self.lineage = {"training": lineage(self.ctx, cfg.data.train_file),
-                        "eval": lineage(self.ctx, cfg.data.eval_file) if self.eval_rows else None}
+                        "eval": lineage(self.ctx, cfg.data.eval_file) if cfg.data.eval_file else None}
         with self.dist.main_first():  # a local base model is built once, by rank 0
             self.base_path = base_path_of(cfg, self.ctx)
         self.tok = load_tokenizer(self.base_path, revision=cfg.model.revision)
-        tmpl = cfg.data.prompt_template
-        self.train_set, self.train_stats = tokenize_rows(self.train_rows, self.tok, tmpl, tc.max_length, tc.truncation)
-        self.eval_set, _ = tokenize_rows(self.eval_rows, self.tok, tmpl, tc.max_length, tc.truncation)
+        if cfg.data.chat_template:
+            self.tok.chat_template = cfg.data.chat_template  # saved with the model: eval and serving render the same
+        args = (self.tok, tc.max_length, tc.truncation, cfg.data.train_on)
+        self.train_set, self.train_stats = tokenize_rows(self.train_rows, *args, source=cfg.data.train_file)
+        self.eval_set, _ = tokenize_rows(self.eval_rows, *args, source=cfg.data.eval_file)
         if not self.train_set:
             raise UserError(f"{cfg.data.train_file}: no row fits trainer.max_length={tc.max_length} "
                             f"({self.train_stats.skipped})")
+        self.check_end_of_turn()
         self.measure = self.eval_set or self.train_set[:EVAL_ROWS_WITHOUT_SPLIT]
         self.lengths = [len(e) for e in self.train_set]
         self.steps_per_epoch = math.ceil(len(self.train_set) / tc.batch_size)
+
+    def check_end_of_turn(self) -> None:
+        """A run that never trains the end-of-turn token makes a model that never stops: refuse it at start."""
+        from ech0.chat import end_of_turn_id
+
+        eot = end_of_turn_id(self.tok)
+        if not any(eot in ex.labels for ex in self.train_set):
+            raise UserError(f"no training row has the end-of-turn token {self.tok.convert_ids_to_tokens(eot)!r} as a "
+                            f"target (data.train_on={self.cfg.data.train_on}, trainer.max_length={self.tc.max_length}, "
+                            f"truncation={self.tc.truncation}): the model would never learn to stop; raise max_length "
+                            "or check the chat template")
 
     def setup_model(self) -> None:
         import torch
@@ -316,14 +351,17 @@ class TrainRecipe:
             "derived.eval_rows": len(self.eval_set)})
         from ech0.io import sha256_file
 
+        split = self.split_digest is not None  # the eval rows were held out of the training file
         for context, rows, file in (("training", self.train_rows, cfg.data.train_file),
-                                    ("eval", self.eval_rows, cfg.data.eval_file)):
+                                    ("eval", self.eval_rows, cfg.data.train_file if split else cfg.data.eval_file)):
             if not rows:
                 continue
             record = self.lineage[context]  # the data stage's manifest hash pins the file and its whole chain
-            name = f"{cfg.data.name}-{'train' if context == 'training' else 'eval'}"
-            self.tracker.log_dataset(dataset_frame(rows), name, str(file),
-                                     record["digest"] if record else sha256_file(file), context)
+            name = f"{cfg.data.name}-{'train' if context == 'training' else 'eval-split' if split else 'eval'}"
+            digest = record["digest"] if record else sha256_file(file)  # the file (and its chain) trained from
+            if split and context == "eval":  # the held-out rows: the file's digest + which rows
+                digest = hashlib.sha256(f"{digest}:eval:{self.split_digest}".encode()).hexdigest()
+            self.tracker.log_dataset(dataset_frame(rows), name, str(file), digest, context)
             for manifest in record["chain"] if record else []:
                 self.tracker.log_artifact(manifest, f"data/{context}")
 
@@ -496,7 +534,8 @@ def _save_model(model, tok, out: Path, cfg, base_path: str, run_id: str) -> None
 
     save_trained(out, model, tok, {
         "base_model": base_path, "base_model_spec": cfg.model.name_or_path, "revision": cfg.model.revision,
-        "dtype": cfg.model.dtype, "prompt_template": cfg.data.prompt_template, "run_id": run_id, "preset": cfg.preset})
+        "base_model_hash": base_hash(cfg, base_path), "dtype": cfg.model.dtype, "train_on": cfg.data.train_on,
+        "run_id": run_id, "preset": cfg.preset})
 
 
 def _log_model(tracker, model_dir: Path, base_path: str) -> None:

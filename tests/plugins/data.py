@@ -7,7 +7,8 @@
 
 Everything is a fixture (tests import nothing from here): row factories and JSONL helpers,
 ``ech0.data.cli.main`` in-process (``data_main``) or in a subprocess (``data_cli``), manifest readers
-bound to the test's ECH0_HOME, a throwaway tokenizer folder, and the synthetic generators of
+bound to the test's ECH0_HOME, throwaway tokenizer folders (one with Mistral's alternating-roles chat
+template), ``validate``/``rejects``/``reasons`` shorthands, and the synthetic generators of
 ``benchmarks/data_hygiene.py``.
 """
 
@@ -25,6 +26,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER_CONFIG = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
                     "tokenizer_class": "PreTrainedTokenizerFast"}
+# Mistral-7B-Instruct's chat template (v0.1/v0.2): it raises on roles that do not alternate user/assistant
+ALTERNATING_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
 
 
 def _row(prompt="What is two plus two?", completion="Four.", **kw) -> dict:
@@ -82,6 +92,25 @@ def data_main(capsys):
 
 
 @pytest.fixture
+def validate(data_main):
+    """``validate(path, *flags, name="d")``: ``ech0 data validate`` in-process -> (code, out, err)."""
+    return lambda path, *extra, name="d": data_main("validate", "--input", str(path), "--name", name, "--no-progress",
+                                                    *extra)
+
+
+@pytest.fixture
+def rejects(home):
+    """``rejects(name="d", stage="clean")``: the rejects file's records."""
+    return lambda name="d", stage="clean": _read_jsonl(home / "data" / stage / f"{name}.rejects.jsonl")
+
+
+@pytest.fixture
+def reasons(rejects):
+    """``reasons(name="d", stage="clean")``: the reason of each reject, in order."""
+    return lambda name="d", stage="clean": [r["reason"] for r in rejects(name, stage)]
+
+
+@pytest.fixture
 def data_cli(home):
     """``data_cli(*argv, script=None)``: ``python -m ech0.data ARGV`` (or ``python SCRIPT ARGV``) in a
     subprocess with ECH0_HOME = the test's home; returns the CompletedProcess."""
@@ -115,9 +144,10 @@ def accounted(home, data_manifest):
     return check
 
 
-def build_tokenizer(path: Path) -> Path:
+def build_tokenizer(path: Path, chat_template: str | None = None) -> Path:
     """A tiny byte-level BPE tokenizer folder (tokenizer.json + tokenizer_config.json), trained in well under
-    a second; AutoTokenizer loads the same folder."""
+    a second; AutoTokenizer loads the same folder. Without ``chat_template`` it has none (the data stage and
+    training give it :data:`ech0.chat.DEFAULT_TEMPLATE`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -130,7 +160,8 @@ def build_tokenizer(path: Path) -> Path:
     tok.train_from_iterator(text, tr)
     path.mkdir(parents=True, exist_ok=True)
     tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
+    config = dict(TOKENIZER_CONFIG, **({"chat_template": chat_template} if chat_template else {}))
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
     return path
 
 
@@ -138,6 +169,12 @@ def build_tokenizer(path: Path) -> Path:
 def byte_tokenizer(tmp_path_factory) -> Path:
     """A throwaway tokenizer folder (see :func:`build_tokenizer`), shared by the session."""
     return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def alternating_tokenizer(tmp_path_factory) -> Path:
+    """A throwaway tokenizer folder whose chat template is Mistral-7B-Instruct's: roles must alternate."""
+    return build_tokenizer(tmp_path_factory.mktemp("alternating"), ALTERNATING_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
