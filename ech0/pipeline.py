@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "eval":
         if not args.model_dir:
             raise UserError("--mode eval needs --model-dir")
-        from ech0.eval.evaluate import main as eval_main
+        from ech0.eval.cli import main as eval_main
 
         return eval_main(["--model-dir", args.model_dir] + (["--baseline", args.baseline] if args.baseline else []))
     cfg = compose_or_exit("train", [f"+preset={args.preset}", *overrides])

@@ -270,3 +270,12 @@ def test_hub_shim_user_error_is_one_line(ech0_home, repo_root):
     out = subprocess.run([sys.executable, str(repo_root / "ech0_hub_enhanced.py"), "--mode", "eval"],
                          capture_output=True, text=True, cwd=ech0_home, timeout=120)
     assert out.returncode == 2 and out.stderr.strip() == "error: --mode eval needs --model-dir"
+
+
+def test_hub_shim_eval_mode_forwards_to_the_eval_stage(ech0_home, repo_root):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(repo_root / "ech0_hub_enhanced.py"), "--mode", "eval", "--model-dir",
+                          str(ech0_home / "nope")], capture_output=True, text=True, cwd=ech0_home, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().startswith(f"error: {ech0_home / 'nope'}: no such model folder")
