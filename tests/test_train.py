@@ -124,6 +124,7 @@ def test_mlflow_run_has_everything(lora_run):
     t = run.data.tags
     assert t["ech0.preset"] == "lora" and len(t["ech0.base_model_hash"]) == 64 and "ech0.git_dirty" in t
     assert t["mlflow.source.git.commit"] == t["ech0.git_commit"]
+    assert t["ech0.loss_measured_on"] == "held-out"
     arts = {a.path for a in client.list_artifacts(result.run_id)} | {
         a.path for d in ("plots", "config") for a in client.list_artifacts(result.run_id, d)}
     assert {"plots/loss_curve.png", "config/resolved.yaml", "config/config.yaml"} <= arts

@@ -176,7 +176,8 @@ def find_finished(cfg: DictConfig, ctx: Context) -> FitResult | None:
             t = run.data.tags
             return FitResult(run.info.run_id, run_dir, ctx.tracking_uri,
                              float(t.get("ech0.loss_before", "nan")), float(t.get("ech0.loss_after", "nan")),
-                             cfg.trainer.max_steps, (run.info.end_time - run.info.start_time) / 1000)
+                             cfg.trainer.max_steps, (run.info.end_time - run.info.start_time) / 1000,
+                             heldout=t.get("ech0.loss_measured_on") == "held-out")
     return None
 
 
@@ -488,7 +489,8 @@ class TrainRecipe:
             self.tracker.log_artifact(self.run_dir / "config.yaml", "config")
             if self.cfg.tracking.log_model:
                 _log_model(self.tracker, self.run_dir / "model", self.base_path)
-        self.tracker.set_tags({"ech0.loss_before": f"{self.loss_before:.4f}", "ech0.loss_after": f"{self.loss_after:.4f}"})
+        self.tracker.set_tags({"ech0.loss_before": f"{self.loss_before:.4f}", "ech0.loss_after": f"{self.loss_after:.4f}",
+                               "ech0.loss_measured_on": "held-out" if self.eval_set else "training"})
 
     # ------------------------------------------------------------------ all of it
     def run(self) -> FitResult:
