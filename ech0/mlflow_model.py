@@ -25,16 +25,33 @@ also take the ``prompt`` frame): the signature declares the chat-completions req
 columns beside ``prompt``, so ``mlflow models serve`` takes a top-level ``messages`` body on its
 unified-LLM path, and the same dict works in Python. The answer is built with MLflow's own
 ``mlflow.types.llm.ChatCompletionResponse``. Bad requests raise ``MlflowException``
-(``INVALID_PARAMETER_VALUE``: HTTP 400 when served) with a one-line reason. Limits come from the
-model's MLflow ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})`` overrides it):
-``max_prompt_tokens`` (default and ceiling: the model's ``max_position_embeddings`` - 1) and
-``max_tokens_cap`` (:data:`MAX_TOKENS_CAP`).
+(``INVALID_PARAMETER_VALUE``: HTTP 400 when served) with a one-line reason.
+
+Limits (README "Serving under load") are checked on the raw request, cheapest first, before anything
+is tokenised or generated: prompts per request, ``max_new_tokens``/``max_tokens``, characters, then
+tokens. They come from the model's MLflow ``model_config``; ``mlflow.pyfunc.load_model(uri,
+model_config={...})`` overrides them in Python, ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"max_batch": 8}' mlflow
+models serve ...`` when served, and a refusal names the key to change:
+
+- ``max_batch`` (:data:`MAX_BATCH`): prompts in one request;
+- ``max_tokens_cap`` (:data:`MAX_TOKENS_CAP`): ``max_tokens`` / ``max_new_tokens`` of one request;
+- ``max_prompt_chars`` (default: ``max_prompt_tokens`` x the longest token in the vocabulary, so that
+  no prompt it refuses could have fitted): characters of one prompt or of a conversation's contents;
+- ``max_prompt_tokens`` (default and ceiling: the model's ``max_position_embeddings`` - 1);
+- ``max_seconds`` (:data:`MAX_SECONDS`): queueing plus generation of one request; past it the request
+  is answered 504 and generation stops at the next token, not minutes later.
+
+Requests generate one at a time (a lock): on CPU torch already spreads one generation over every core,
+a seeded sample stays repeatable under concurrency (the seed is torch's global RNG), and memory holds
+one request's KV cache, not one per waiting client.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,18 +60,32 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
 
 from ech0.model_folder import is_adapter, load_trained
 
 MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")
 DEFAULT_MAX_NEW_TOKENS = 64
-MAX_TOKENS_CAP = 4096  # the most tokens one chat answer may ask for (model_config ``max_tokens_cap``)
+MAX_TOKENS_CAP = 4096  # the most tokens one answer may ask for (model_config ``max_tokens_cap``)
+# Prompts in one request (model_config ``max_batch``): four generation batches of GENERATION_BATCH. Unlimited,
+# one request of 10,000 prompts kept the server computing at full CPU for 13+ minutes (issue #15).
+MAX_BATCH = 64
+GENERATION_BATCH = 16  # prompts generated together (ech0.generation's default batch)
+# `mlflow models serve --timeout`'s default: past it the server has answered 504 and nobody reads the
+# answer, so generation stops there (model_config ``max_seconds``; raise both together).
+MAX_SECONDS = 60
 MAX_STOP = 4  # stop strings per request, as OpenAI's API
 
 
 def _bad(reason: str) -> MlflowException:
     """A request error: HTTP 400 when served, ``MlflowException`` in Python."""
     return MlflowException.invalid_parameter_value(reason)
+
+
+def _over(reason: str, key: str) -> MlflowException:
+    """A request over a limit: the one-line reason, then which model_config key to change and how."""
+    return _bad(f"{reason} (the limit is model_config {key}: MLFLOW_PYFUNC_INFERENCE_CONFIG='{{\"{key}\": N}}' "
+                f"mlflow models serve ..., or mlflow.pyfunc.load_model(uri, model_config={{...}}))")
 
 
 @dataclass
@@ -153,6 +184,11 @@ def _positive(config: dict, name: str, default: int) -> int:
     return value
 
 
+def longest_token(tokenizer) -> int:
+    """Characters of the vocabulary's longest token: no text longer than N times this is under N tokens."""
+    return max(map(len, tokenizer.get_vocab()), default=1)
+
+
 class Ech0Generator(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.model, self.tokenizer, self.meta = load_trained(context.artifacts["model"], context.artifacts.get("base"))
@@ -160,45 +196,112 @@ class Ech0Generator(mlflow.pyfunc.PythonModel):
         ceiling = self.max_positions - 1  # room for at least one answer token
         config = getattr(context, "model_config", None) or {}
         self.max_prompt_tokens = min(_positive(config, "max_prompt_tokens", ceiling), ceiling)
+        # 10 characters a token for the tiny test model (20,470 in all), 81 for SmolLM2 (663,471).
+        self.max_prompt_chars = _positive(config, "max_prompt_chars",
+                                          self.max_prompt_tokens * longest_token(self.tokenizer))
+        self.max_batch = _positive(config, "max_batch", MAX_BATCH)
         self.max_tokens_cap = _positive(config, "max_tokens_cap", MAX_TOKENS_CAP)
+        self.max_seconds = _positive(config, "max_seconds", MAX_SECONDS)
+        self._lock = threading.Lock()  # one generation at a time (module docstring)
 
     # MLflow hands predict() a frame (the signature's columns: `prompt` rows from served
     # `dataframe_split`/`dataframe_records`, or one chat request's row from a `messages` body).
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str] | dict:
+        deadline = time.monotonic() + self.max_seconds
         params = params or {}
         frame = pd.DataFrame([model_input]) if isinstance(model_input, dict) else model_input
         if "messages" in frame.columns:
-            return self._chat(frame, int(params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)))
-        return self._prompts(frame, int(params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)))
+            return self._chat(frame, params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), deadline)
+        return self._prompts(frame, params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), deadline)
 
-    def _prompts(self, frame: pd.DataFrame, max_new_tokens: int) -> list[str]:
-        from ech0.generation import generate
+    def _tokens_cap(self, name: str, value) -> int:
+        """``value`` as a token count from 1 to ``max_tokens_cap`` (the limit named when it is over)."""
+        if isinstance(value, int) and not isinstance(value, bool) and value > self.max_tokens_cap:
+            raise _over(f"'{name}' must be an integer from 1 to {self.max_tokens_cap}, got {value}", "max_tokens_cap")
+        return _number(name, value, 1, self.max_tokens_cap, integer=True)
+
+    def _check_chars(self, n: int, what: str) -> None:
+        if n > self.max_prompt_chars:
+            raise _over(f"{what} is {n} characters; this model takes at most {self.max_prompt_chars}",
+                        "max_prompt_chars")
+
+    def _check_tokens(self, n: int, what: str) -> None:
+        if n > self.max_prompt_tokens:
+            raise _over(f"{what} is {n} tokens; this model takes at most {self.max_prompt_tokens}",
+                        "max_prompt_tokens")
+
+    def _prompts(self, frame: pd.DataFrame, max_new_tokens, deadline: float) -> list[str]:
+        from ech0.chat import prompt_ids
 
         if "prompt" not in frame.columns:
             raise _bad("input needs a 'prompt' column (or a chat request's 'messages')")
+        if len(frame) > self.max_batch:
+            raise _over(f"the request has {len(frame)} prompts; this model takes at most {self.max_batch} at once",
+                        "max_batch")
+        max_new_tokens = self._tokens_cap("max_new_tokens", max_new_tokens)
         prompts = frame["prompt"].tolist()
         if not all(isinstance(p, str) for p in prompts):
             raise _bad("every prompt must be a string")
-        return generate(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens)
+        for i, p in enumerate(prompts):
+            self._check_chars(len(p), f"prompt {i}")
+        lengths = [len(prompt_ids(self.tokenizer, p)) for p in prompts]
+        for i, n in enumerate(lengths):
+            self._check_tokens(n, f"prompt {i}")
+        room = self.max_positions - max(lengths, default=0)
+        done = self._generate(prompts, lengths, deadline, max_new_tokens=min(max_new_tokens, room))
+        return [c.text for c in done]
 
-    def _chat(self, frame: pd.DataFrame, default_max_tokens: int) -> dict:
+    def _chat(self, frame: pd.DataFrame, default_max_tokens, deadline: float) -> dict:
         from ech0.chat import TemplateError, prompt_ids
-        from ech0.generation import complete
 
         rows = frame.to_dict("records")  # native Python values, not numpy scalars
         if len(rows) != 1 or _given(rows[0], "prompt") is not None:
             raise _bad("a chat request is one conversation: a single 'messages' list, without 'prompt'")
-        req = chat_request(rows[0], default_max_tokens, self.max_tokens_cap)
+        row = rows[0]
+        self._tokens_cap("max_tokens", _given(row, "max_tokens", default_max_tokens))
+        messages = row.get("messages")
+        if hasattr(messages, "__len__") and len(messages) > self.max_prompt_tokens:  # a turn is at least a token
+            raise _over(f"the conversation has {len(messages)} turns; this model takes at most "
+                        f"{self.max_prompt_tokens} tokens", "max_prompt_tokens")
+        req = chat_request(row, default_max_tokens, self.max_tokens_cap)
+        self._check_chars(sum(len(m["content"]) for m in req.messages), "the conversation")
         try:
             n = len(prompt_ids(self.tokenizer, req.messages))
         except TemplateError as e:
             raise _bad(str(e)) from None
-        if n > self.max_prompt_tokens:
-            raise _bad(f"the conversation is {n} tokens; this model takes at most {self.max_prompt_tokens}")
-        done = complete(self.model, self.tokenizer, [req.messages], batch_size=1,
-                        max_new_tokens=min(req.max_tokens, self.max_positions - n),
-                        temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop)[0]
+        self._check_tokens(n, "the conversation")
+        done = self._generate([req.messages], [n], deadline, max_new_tokens=min(req.max_tokens, self.max_positions - n),
+                              temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop)[0]
         return chat_response(done, f"ech0-{self.meta.get('run_id') or 'model'}")
+
+    def _generate(self, requests: list, lengths: list[int], deadline: float, **sampling) -> list:
+        """:func:`ech0.generation.complete` on ``requests``, one request at a time, ended at ``deadline``.
+
+        The batches are complete()'s own (shortest first, GENERATION_BATCH a batch), handed over one by
+        one so that each ``generate`` gets the time left (transformers' ``max_time``, checked every token).
+        """
+        from ech0.generation import complete
+
+        order = sorted(range(len(requests)), key=lambda i: lengths[i])
+        out: list = [None] * len(requests)
+        config = self.model.generation_config  # peft's wrapper forwards to the base model's
+        with self._lock:
+            try:
+                for s in range(0, len(order), GENERATION_BATCH):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    config.max_time = left
+                    idx = order[s:s + GENERATION_BATCH]
+                    for i, c in zip(idx, complete(self.model, self.tokenizer, [requests[i] for i in idx],
+                                                  batch_size=GENERATION_BATCH, **sampling)):
+                        out[i] = c
+            finally:
+                config.max_time = None
+        if time.monotonic() >= deadline:
+            raise MlflowException(f"the request took over {self.max_seconds} s (waiting and generating) and was "
+                                  f"stopped (the limit is model_config max_seconds)", error_code=DEADLINE_EXCEEDED)
+        return out
 
 
 def signature():
@@ -239,8 +342,10 @@ def pyfunc_spec(model_dir: str | os.PathLike, base_path: str | None, embed_base:
         artifacts["base"] = str(base_path)
     return {"python_model": str(MODEL_CODE), "artifacts": artifacts, "signature": signature(),
             "pip_requirements": pip_requirements(), "code_paths": [str(Path(ech0.__file__).parent)],
-            # the serving limits; MLflow lets a load override only keys logged here (0: the model's context - 1)
-            "model_config": {"max_prompt_tokens": 0, "max_tokens_cap": MAX_TOKENS_CAP}}
+            # the serving limits; MLflow lets a load override only keys logged here (0: from the model:
+            # max_prompt_tokens its context - 1, max_prompt_chars that times its longest token)
+            "model_config": {"max_prompt_tokens": 0, "max_prompt_chars": 0, "max_batch": MAX_BATCH,
+                             "max_tokens_cap": MAX_TOKENS_CAP, "max_seconds": MAX_SECONDS}}
 
 
 def log_pyfunc(tracker, model_dir: str | os.PathLike, base_path: str | None):

@@ -24,11 +24,15 @@ bytes and options, training when a finished run has the same fingerprint (config
 weights), registration when that run already has a version. A failed stage is named with its run, the
 pipeline exits non-zero, and nothing is promoted. Ctrl-C or SIGTERM ends the open runs KILLED and the
 training status ``interrupted``; re-running the same command picks up from the last finished stage.
+Pipelines started at once on one home all succeed: a second one on the same dataset name waits for the
+first's data stage and reuses it, and a dataset is never rewritten while a pipeline trains on it
+(:func:`data_stage`; README "Several pipelines at once").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass, field
 
@@ -71,19 +75,22 @@ def _skipped(name: str, why: str) -> None:
 
 
 def data_stage(ctx: Context, input: str, name: str | None = None, dedupe: str = "near", model: dict | None = None,
-               experiment: str = "ech0") -> dict:
+               experiment: str = "ech0", hold: contextlib.ExitStack | None = None) -> dict:
     """raw dump (or a raw/clean stage file) → ``data/processed/NAME.jsonl``, logged as a nested MLflow run.
 
     Skipped when the processed manifest chain verifies, starts from the same input bytes and used the
     same dedupe option. Returns :func:`ech0.data.processed_dataset`'s record.
+
+    Concurrency (:class:`ech0.data.manifest.DatasetLock`): the check and the writes happen under the
+    dataset's write lock, so a second pipeline on the same name waits for the first's data stage, then
+    reuses what it made (one line says whom it waited for). The rows are then held shared; with ``hold``
+    until that stack closes (the pipeline's end), so a pipeline with other input under the same name
+    waits to rewrite them until no pipeline trains on them.
     """
     from pathlib import Path
 
-    from ech0 import tracking
-    from ech0.data import manifest as mf, processed_dataset
-    from ech0.data.cli import print_manifest
-    from ech0.data.importers import run_import
-    from ech0.data.stage import ValidateOptions, check_name, default_name, run_validate
+    from ech0.data import manifest as mf
+    from ech0.data.stage import check_name, default_name
     from ech0.io import sha256_file
 
     src = Path(input).expanduser()
@@ -91,27 +98,55 @@ def data_stage(ctx: Context, input: str, name: str | None = None, dedupe: str = 
         raise UserError(f"--input {input}: not found; pass a legacy dump / JSONL file")
     src = src.resolve()
     name = check_name(name or default_name(src))
+    lock = mf.DatasetLock(ctx, name, f"ech0 pipeline --input {src.name}",
+                          say=lambda line: print(f"  {line}", flush=True))
+    lock.lock_writes()
+    try:
+        in_sha = sha256_file(src)
+        done = _processed_from(ctx, name, src, in_sha, dedupe)
+        if done is not None:
+            lock.use()
+            print(f"  skipped: {ctx.relative(done['path'])} was already made from {src.name} (sha256 {in_sha[:12]}…) "
+                  f"with dedupe={dedupe}", flush=True)
+            record = done
+        else:
+            lock.use(exclusive=True)
+            record = _make_dataset(ctx, src, in_sha, name, dedupe, model, experiment)
+            lock.share()
+        lock.unlock_writes()
+    except BaseException:
+        lock.release()
+        raise
+    if hold is None:
+        lock.release()
+    else:
+        hold.callback(lock.release)
+    return record
+
+
+def _make_dataset(ctx: Context, src, in_sha: str, name: str, dedupe: str, model: dict | None, experiment: str) -> dict:
+    """Import → clean → processed for ``data_stage`` (the caller holds the dataset's locks)."""
+    from ech0 import tracking
+    from ech0.data import manifest as mf, processed_dataset
+    from ech0.data.cli import print_manifest
+    from ech0.data.importers import run_import
+    from ech0.data.stage import ValidateOptions, run_validate
+
     first = next((s for s in ("raw", "clean") if src.parent == ctx.data_dir(s).resolve()), None)
-    in_sha = sha256_file(src)
-    done = _processed_from(ctx, name, src, in_sha, dedupe)
-    if done is not None:
-        print(f"  skipped: {ctx.relative(done['path'])} was already made from {src.name} (sha256 {in_sha[:12]}…) "
-              f"with dedupe={dedupe}", flush=True)
-        return done
     with tracking.start(ctx, experiment, f"data-{name}", tags={"ech0.kind": "data", "ech0.dataset": name}) as run:
         run.log_params({"data.input": str(src), "data.input_sha256": in_sha, "data.name": name, "data.dedupe": dedupe,
                         "data.first_stage": first or "import"})
         manifests = []
         if first is None:
-            manifests.append(run_import(ctx, str(src), name=name))
+            manifests.append(run_import(ctx, str(src), name=name, lock=False))
         # rows are checked against the chat template of the model that will train on them
         renders = {"model": model["name_or_path"], "model_config": model} if model else {}
         if first in (None, "raw"):
             manifests.append(run_validate(ctx, ValidateOptions(input=name if first is None else str(src),
-                                                               stage="clean", name=name, **renders)))
+                                                               stage="clean", name=name, **renders), lock=False))
         manifests.append(run_validate(ctx, ValidateOptions(input=name if first != "clean" else str(src),
                                                            stage="processed", name=name, dedupe=dedupe != "none",
-                                                           near_dedupe=dedupe == "near", **renders)))
+                                                           near_dedupe=dedupe == "near", **renders), lock=False))
         for man in manifests:
             print_manifest(man)
             stage = man["stage"]
@@ -142,7 +177,7 @@ def _processed_from(ctx: Context, name: str, src, in_sha: str, dedupe: str) -> d
 
 def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: str | None = None,
         promote_on_pass: bool = False, smoke: bool = True, force_train: bool = False, input: str | None = None,
-        dataset_name: str | None = None, dedupe: str = "near") -> PipelineResult:
+        dataset_name: str | None = None, dedupe: str = "near", gate: str | None = None) -> PipelineResult:
     """Every stage against ``ctx``'s store and home; see the module docstring."""
     from ech0 import registry, tracking
     from omegaconf import OmegaConf
@@ -154,11 +189,12 @@ def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: s
 
     cfg = compose("train", [f"+preset={preset}", *overrides])
     with tracking.start(ctx, cfg.tracking.experiment, f"pipeline-{stamp()}",
-                        tags={"ech0.kind": "pipeline", "ech0.preset": preset}) as parent:
+                        tags={"ech0.kind": "pipeline", "ech0.preset": preset}) as parent, \
+            contextlib.ExitStack() as held:  # the dataset stays locked shared until the pipeline ends
         out = PipelineResult(parent.run_id)
         if input:
             record = _stage("data", data_stage, ctx, input, dataset_name, dedupe,
-                            OmegaConf.to_container(cfg.model, resolve=True), cfg.tracking.experiment)
+                            OmegaConf.to_container(cfg.model, resolve=True), cfg.tracking.experiment, hold=held)
             out.dataset = str(record["path"])
             parent.set_tags({"ech0.dataset": record["name"], "ech0.data_digest": record["digest"]})
             # the processed file replaces the training data; the eval file stays as configured
@@ -174,7 +210,7 @@ def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: s
                   f"{'held-out rows' if trained.heldout else 'training rows'}", flush=True)
         out.train_run_id = trained.run_id
         parent.set_tags({"ech0.train_run_id": trained.run_id})
-        report = _stage("eval", evaluate, ctx, trained.run_dir, baseline)
+        report = _stage("eval", evaluate, ctx, trained.run_dir, baseline, overrides=[f"gate={gate}"] if gate else None)
         out.gate_passed, out.reasons, out.report = report.passed, list(report.reasons), str(report.report_path)
         agg = report.aggregates
         print(f"eval: gate {'PASSED' if report.passed else 'FAILED'}, {agg['passed']}/{agg['cases']} cases "
@@ -233,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", dest="preset", help="alias of --preset (the seed's flag)")
     ap.add_argument("--model-dir", help="--mode eval: run folder, HF model folder or MLflow model URI")
     ap.add_argument("--baseline", help="regression cases (default: the shipped baseline)")
+    ap.add_argument("--gate", help="gate thresholds (conf/gate/NAME.yaml; default: default)")
     ap.add_argument("--promote-on-pass", action="store_true", help="move alias production to the new version if the gate passes")
     ap.add_argument("--no-smoke", action="store_true", help="skip the `mlflow models serve` smoke check")
     ap.add_argument("--force-train", action="store_true", help="train even when an identical run already finished")
@@ -251,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--mode eval needs --model-dir")
         from ech0.eval.cli import main as eval_main
 
-        return eval_main(["--model-dir", args.model_dir] + (["--baseline", args.baseline] if args.baseline else []))
+        return eval_main(["--model-dir", args.model_dir] + (["--baseline", args.baseline] if args.baseline else [])
+                         + ([f"gate={args.gate}"] if args.gate else []))
     cfg = compose_or_exit("train", [f"+preset={args.preset}", *overrides])
     if args.mode == "train":
         from ech0.train.cli import main as train_main
@@ -264,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(ctx, overrides, preset=args.preset, baseline=args.baseline, promote_on_pass=args.promote_on_pass,
                      smoke=not args.no_smoke, force_train=args.force_train, input=args.input,
-                     dataset_name=args.dataset_name, dedupe=args.dedupe)
+                     dataset_name=args.dataset_name, dedupe=args.dedupe, gate=args.gate)
     except KeyboardInterrupt as e:
         where = f" during {e}" if isinstance(e, Interrupted) else ""
         print(f"\ninterrupted{where}: the open runs are marked KILLED and no later stage ran; "

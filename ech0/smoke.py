@@ -304,6 +304,33 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
+def start_server(model_uri: str, port: int, workdir: Path, *, tracking_uri: str, host: str = "127.0.0.1",
+                 timeout: int | None = None, model_config: dict | None = None) -> subprocess.Popen:
+    """``mlflow models serve -m URI --env-manager local`` (one worker) in its own process group, logging to
+    ``workdir/serve.log``; returns at once (:func:`wait_until_up`, :func:`stop_process`). ``timeout``:
+    ``--timeout`` (MLflow's default: 60 s); ``model_config``: overrides of the model's serving limits
+    (``MLFLOW_PYFUNC_INFERENCE_CONFIG``, see ech0.mlflow_model)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    if model_config:
+        env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps(model_config)
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "--host", host, "--port", str(port), "--workers", "1", *(["--timeout", str(timeout)] if timeout else [])]
+    with open(Path(workdir) / "serve.log", "wb") as logf:
+        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+                                start_new_session=True)
+
+
+def wait_until_up(base: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """True once ``base/ping`` answers 200; False if ``proc`` exits or ``timeout`` seconds pass first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if _http("GET", f"{base}/ping", timeout=5)[0] == 200:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def _log_tail(path: Path, n: int = 1500) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
@@ -327,15 +354,9 @@ def smoke(ctx: Context, model_uri: str, *, prompts: list[str] | None = None, max
         raise UserError(f"{ref}: not a trained model folder (no {META_FILE})")
 
     res.port = free_port(host)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.tracking_uri,
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     workdir = Path(tempfile.mkdtemp(prefix="ech0-smoke-"))
     log = workdir / "serve.log"
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", served, "--env-manager", "local",
-           "--host", host, "--port", str(res.port), "--workers", "1"]
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=workdir,
-                                start_new_session=True)
+    proc = start_server(served, res.port, workdir, tracking_uri=ctx.tracking_uri, host=host)
     base = f"http://{host}:{res.port}"
     try:
         # The reference is computed while the server starts (they overlap; both are CPU-bound loads).
@@ -351,12 +372,7 @@ def smoke(ctx: Context, model_uri: str, *, prompts: list[str] | None = None, max
         reference = _reference(ref, prompts, max_new_tokens, chat_max_tokens)
         expected = reference.golden
 
-        deadline, up = time.time() + startup_timeout, False
-        while time.time() < deadline and proc.poll() is None:
-            if _http("GET", f"{base}/ping", timeout=5)[0] == 200:
-                up = True
-                break
-            time.sleep(0.5)
+        up = wait_until_up(base, proc, startup_timeout)
         if not res.check("ping", up, "" if up else f"server exited {proc.poll()} / not up in {startup_timeout:.0f}s: "
                                                       f"{_log_tail(log)}"):
             return res

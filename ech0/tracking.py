@@ -24,19 +24,44 @@ MAX_PARAM_VALUE = 6000  # MLflow 3's limit on one param value
 PARAM_BATCH = 100  # MLflow's limit on params per batch call
 
 
-def setup(ctx: Context, experiment: str = "ech0") -> str:
-    """Point MLflow at ``ctx``'s store (creating the SQLite file's folder) and the experiment; return its id."""
-    import mlflow
+def ensure_store(ctx: Context) -> None:
+    """Create a new SQLite store's tables once, under a lock beside its file.
 
+    MLflow's tracking store migrates an empty database without a lock: two processes opening a fresh
+    ``mlflow.db`` at once both run the migrations and one dies ("duplicate column name: step", alembic's
+    "expected to match one row"; measured: 2 of 3 processes failed). Done once, the lock is not needed.
+    """
+    if not ctx.is_local_store:
+        return
+    from ech0.io import FileLock
+
+    db = Path(ctx.tracking_uri.removeprefix("sqlite:///"))
+    with FileLock(db.with_name(db.name + ".ech0-init.lock"), "creating the MLflow store"):
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(ctx.tracking_uri).search_experiments(max_results=1)  # creates and migrates the tables
+
+
+def setup(ctx: Context, experiment: str = "ech0") -> str:
+    """Point MLflow at ``ctx``'s store (creating the SQLite file and its tables) and the experiment; return its id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if ctx.is_local_store:
+        ctx.home.mkdir(parents=True, exist_ok=True)
+        ensure_store(ctx)
     mlflow.set_tracking_uri(ctx.tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
-    artifact_location = None
-    if ctx.is_local_store:
-        ctx.home.mkdir(parents=True, exist_ok=True)
-        artifact_location = ctx.artifact_root.as_uri()
-    return mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    artifact_location = ctx.artifact_root.as_uri() if ctx.is_local_store else None
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    except MlflowException:
+        exp = mlflow.get_experiment_by_name(experiment)  # another process created it in between
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def git_tags() -> dict[str, str]:

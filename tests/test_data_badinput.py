@@ -19,7 +19,8 @@ def nothing_written(home):
     data = home / "data"
     left = [p for p in data.rglob("*") if p.is_file()] if data.exists() else []
     meta = home / "metadata"
-    left += [p for p in meta.rglob("*") if p.is_file()] if meta.exists() else []
+    # metadata/locks/ holds the dataset's lock files (coordination, never data or a manifest)
+    left += [p for p in meta.rglob("*") if p.is_file() and p.parent.name != "locks"] if meta.exists() else []
     return left == []
 
 

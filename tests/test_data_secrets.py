@@ -55,7 +55,8 @@ def test_pii_types_and_negatives(data_hygiene):
     for kind, text in data_hygiene.fake_pii(random.Random(0)):
         assert [t for *_, t in find_pii(text)] == [kind if kind != "IP" else "IP"], (kind, text)
     assert find_pii("NI number AB 12 34 56 C")[0][2] == "NATIONAL_ID"
-    assert find_pii("ip6 2001:db8::8a2e:370:7334 ok")[0][2] == "IP"
+    assert find_pii("ip6 2a02:c7f:1234:5600::8a2e:370:7334 ok")[0][2] == "IP"
+    assert find_pii("ip6 2001:db8::8a2e:370:7334 ok") == []  # documentation range: not a person's
     assert find_pii("(415) 555-0199")[0][2] == "PHONE"
     for t in ["version 1.2.3", "on 2024-01-15", "costs $1,234.56", "call me maybe", "4111 1111 1111 1112",
               "12:30:45", "a = b[1:3]", "order 1234567890", "GB82 WEST 1234 5698 7654 33"]:
@@ -94,7 +95,8 @@ def test_fail_on_secrets_cli(home, tmp_path, make_row, write_jsonl, data_cli, da
     assert r.returncode == 3
     assert r.stderr.count("\n") == 1 and "line 2" in r.stderr and "github_token" in r.stderr
     assert _secret_value(s) not in r.stderr + r.stdout and "Traceback" not in r.stderr
-    assert not (home / "data/processed/in.jsonl").exists() and not (home / "metadata").exists()
+    assert not (home / "data/processed/in.jsonl").exists()
+    assert not list(home.glob("metadata/*.json")), "no manifest (only the dataset's lock files)"
     # no secret -> exit 0 (PII alone does not fail the gate; it is redacted)
     q = write_jsonl(tmp_path / "ok.jsonl", [make_row(), make_row("mail bob@example.com")])
     r = data_cli("validate", "--input", str(q), "--stage", "processed", "--fail-on-secrets")

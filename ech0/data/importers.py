@@ -375,15 +375,24 @@ class Importer:
 
 def run_import(ctx: Context, input: str, name: str | None = None, tags: list[str] | None = None,
                maps: list[str] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-               progress: bool | None = None, flatten: bool = False) -> dict:
+               progress: bool | None = None, flatten: bool = False, lock: bool = True) -> dict:
     """Import ``input`` into ``ctx``'s raw level as dataset ``name``; returns the manifest (also written).
-    Chats keep every turn as ``messages`` unless ``flatten`` (prompt/completion rows)."""
-    t0 = time.time()
+    Chats keep every turn as ``messages`` unless ``flatten`` (prompt/completion rows). Written under the
+    dataset's :class:`ech0.data.manifest.DatasetLock`; ``lock=False``: the caller holds it."""
     src = Path(input).expanduser()
     if not src.exists():
         raise UserError(f"{input}: not found")
-    src = src.resolve()
-    name = check_name(name or default_name(src))
+    name = check_name(name or default_name(src.resolve()))
+    args = (ctx, input, src.resolve(), name, tags, maps, max_line_bytes, progress, flatten)
+    if not lock:
+        return _import(*args)
+    with mf.DatasetLock(ctx, name, "ech0 data import").writing():
+        return _import(*args)
+
+
+def _import(ctx: Context, input: str, src: Path, name: str, tags, maps, max_line_bytes: int, progress,
+            flatten: bool) -> dict:
+    t0 = time.time()
     tag_list = [t.strip() for t in (tags or []) if t and t.strip()]
     mp = parse_maps(maps)
     fmt = sniff(src, max_line_bytes)

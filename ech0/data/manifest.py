@@ -12,12 +12,17 @@ A manifest's identity is the sha256 of its file bytes. Each manifest records its
 sha256, and its input's sha256 equals the parent's output sha256, so the chain cannot be edited
 or re-ordered without ``verify`` noticing. Paths under the context's home are stored relative to it
 (:meth:`ech0.context.Context.relative`), so the tree can move.
+
+Concurrency: every level of dataset NAME is written under :class:`DatasetLock` (``metadata/locks/``):
+one writer at a time, and never while a pipeline that trains on the dataset holds it shared.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -25,9 +30,10 @@ from ech0 import __version__
 from ech0.context import DATA_LEVELS, Context
 from ech0.data.schema import SCHEMA_VERSION as ROW_SCHEMA_VERSION
 from ech0.errors import UserError
-from ech0.io import atomic_write_json, git_info, sha256_file, utc_now
+from ech0.io import FileLock, atomic_write_json, git_info, sha256_file, utc_now
 
-__all__ = ["manifest_path", "load", "verify", "check", "chain", "dataset_digest", "sha256_file", "VerifyFailed"]
+__all__ = ["manifest_path", "load", "verify", "check", "chain", "dataset_digest", "sha256_file", "VerifyFailed",
+           "DatasetLock"]
 
 MANIFEST_SCHEMA_VERSION = 1
 KIND = "ech0.data.manifest"
@@ -221,3 +227,62 @@ def finish(man: dict, path: Path, t0: float) -> dict:
     write(path, man)
     man["_manifest_path"] = str(path)
     return man
+
+
+class DatasetLock:
+    """Dataset ``name``'s two locks under ``metadata/locks/`` (see :class:`ech0.io.FileLock`).
+
+    ``NAME.write.lock`` (exclusive): one process at a time checks or writes any level of the dataset
+    (raw, clean, processed and their manifests), so a chain is never made by two processes at once.
+    ``NAME.use.lock``: held shared by every pipeline that trains on the dataset, until it ends; a
+    writer takes it exclusively, so rows are never replaced under a run that reads them. Readers take
+    it only while holding the write lock, which is what makes :meth:`share` safe.
+
+        with DatasetLock(ctx, "sample", "ech0 data validate").writing():    # a standalone data command
+            ...
+        lock = DatasetLock(ctx, "sample", "ech0 pipeline", say=print)       # the pipeline: see ech0/pipeline.py
+        lock.lock_writes(); ...; lock.use(exclusive=True); ...; lock.share(); lock.unlock_writes()
+        ...; lock.release()
+
+    Waiting is said once, in one line naming the holder (pid, host, what), through ``say``.
+    """
+
+    def __init__(self, ctx: Context, name: str, what: str, say=None) -> None:
+        d = ctx.metadata_dir / "locks"
+        self.name = name
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.write_lock = FileLock(d / f"{name}.write.lock", what)
+        self.use_lock = FileLock(d / f"{name}.use.lock", what)
+
+    def lock_writes(self) -> float:
+        """Wait for any other process checking or writing the dataset; returns the seconds waited."""
+        return self.write_lock.acquire(on_wait=lambda h: self.say(f"waiting for dataset {self.name}: {h} is "
+                                                                  "writing it"))
+
+    def use(self, exclusive: bool = False) -> float:
+        """Hold the rows shared (to read them), or exclusive (to replace them: waits for every reader)."""
+        assert self.write_lock.fd is not None, "take lock_writes() first"
+        return self.use_lock.acquire(shared=not exclusive, on_wait=lambda h: self.say(
+            f"waiting for dataset {self.name}: {h} trains on its current rows; it is rewritten when that ends"))
+
+    def share(self) -> None:
+        """Exclusive use -> shared (other pipelines may read along); safe while the write lock is held."""
+        assert self.write_lock.fd is not None
+        self.use_lock.share()
+
+    def unlock_writes(self) -> None:
+        self.write_lock.release()
+
+    def release(self) -> None:
+        self.use_lock.release()
+        self.write_lock.release()
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Both locks, exclusive, for one standalone write of the dataset."""
+        self.lock_writes()
+        try:
+            self.use(exclusive=True)
+            yield self
+        finally:
+            self.release()

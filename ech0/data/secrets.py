@@ -13,8 +13,12 @@ regex runs only when its literal prefix occurs in those words; every regex start
 typed placeholders such as ``<SECRET:aws_access_key>`` (see ``ech0.data.redact``). The generic
 ``high_entropy`` rule (ideas from detect-secrets' Base64HighEntropyString) only fires on long
 base64-alphabet tokens mixing character classes whose Shannon entropy is near that of random data;
-hex strings (checksums, commit ids, UUIDs) are never flagged by it. Measured recall and false
-positives: ``python -m benchmarks.data_hygiene`` (figures in README.md, "Data hygiene").
+hex strings (checksums, commit ids, UUIDs) are never flagged by it, nor are identifiers and model
+ids made of words (HuggingFaceM4/Idefics3-8B-Llama3). Keyword assignments need the keyword to start
+a name (not bypass:, compass:, monkey:) and a value shaped like a secret (not a word, identifier,
+path, date or number). Measured recall and false positives: ``python -m benchmarks.data_hygiene``
+(planted) and ``python -m benchmarks.redaction_false_positives`` (real text); figures in README.md,
+"Data hygiene".
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Rule(NamedTuple):
     scope: str = "long"  # "long": case-sensitive keyword in a 20+ char word; "text": anywhere;
     #                      "anchor": lower-case keyword anywhere, regex matched right after it
     bound: bool = True  # the match must not be glued to a preceding [A-Za-z0-9_]
+    left: Callable[[str, int], bool] | None = None  # "anchor": ``left(text, keyword_start)`` must hold
 
 
 MIN_TOKEN = 20  # shortest token-shaped secret the "long" rules look for
@@ -59,6 +64,122 @@ def _not_placeholder(v: str) -> bool:
     return True
 
 
+# An assigned value is a secret only when it is shaped like one. Real instruction text is full of
+# "Keyword: Photosynthesis", "Key: Ctrl+Shift+P", "token = tokenizer.eos_token", "password:
+# Optional[str]", {"Key": "Environment"}, "secret_name: db-credentials", "Token: 2023-10-05":
+# words, identifiers, dotted names, paths, numbers and dates joined by punctuation. A value counts
+# only with a password symbol, a run mixing letters and digits (hunter2hunter, s3cr3t, a1b2c3,
+# 3f2a9c1d8e), or letters that are not word-shaped (random case AbCdEfGhIj, or 12+ letters in
+# non-English letter pairs). Measured: benchmarks/redaction_false_positives.py (README, "Data hygiene").
+_PW_SYMBOLS = frozenset("!#$&*~?@")  # not '%' (50.5%), '^' (x^2), '=' (x=5), '|' or '\\' (tables, paths)
+_SPLIT = re.compile(r"[^A-Za-z0-9]+")
+_QUANTITY = re.compile(r"\d+(?:[.,]\d+)?(?:st|nd|rd|th|[A-Za-z]{1,3})")  # 42nd, 100mg, 512MB, 1080p
+_HUMP = re.compile(r"[A-Z][a-z]+|[a-z]+|[A-Z]+(?![a-z])|[0-9]+")  # camelCase / UPPER / digit runs
+
+
+def _word_shaped(letters: str) -> bool:
+    """A run of letters as words are written: lower, UPPER, Title or camelCase humps (iPhone,
+    McDonald, SuperSecretToken), not random case (AbCdEfGh, xKcDpQrS)."""
+    if len(letters) <= 4:
+        return True
+    humps = _HUMP.findall(letters)
+    return sum(1 for h in humps if len(h) == 1) <= 1 and len(letters) >= 3 * len(humps)
+
+
+def _assigned_secret(v: str) -> bool:
+    """``password_assignment``'s value filter: not a placeholder, and shaped like a secret."""
+    if not _not_placeholder(v):
+        return False
+    core = v.strip("'\"`").lstrip("#$€£*_").rstrip(".,!?:;*_")  # hashtags, money, **markdown**, sentence ends
+    if core.startswith(("/", "~/", "./", "../")) or "://" in core or core[1:3] in (":\\", ":/"):
+        return False  # a path or URL (URL credentials are url_password's)
+    if any(c in _PW_SYMBOLS for c in core):
+        return True
+    for part in _SPLIT.split(core):
+        if part.isdigit() or not part:
+            continue
+        if part.isalpha():
+            if not _word_shaped(part) or len(part) >= 12 and not _english_pairs(part):
+                return True  # AbCdEfGhIj, kqzvxjwpfhtrmb; not InstalledPendingRebootCount
+        elif len(part) >= 6 and not _QUANTITY.fullmatch(part):
+            return True  # letters and digits mixed in one run
+    return False
+
+
+# The 302 letter pairs that make up 97 % of the pairs inside English words (counted over 1,500
+# local .md/.rst/.txt documentation files); random letters hit 45 % of them, identifiers ~90 %.
+_PAIRS = frozenset("""
+aa ab ac ad af ag ai ak al am an ap ar as at au av aw ax ay az ba bc be bi bj bl bo bp br bs bu ca cc cd ce ch
+ci ck cl cm co cr cs ct cu cy da db dd de di dl do dr ds dt du ea eb ec ed ee ef eg ei el em en eo ep eq er es
+et ev ew ex ey fa fe ff fi fl fo fr ft fu ga ge gg gh gi gl gn go gr gs gt gu ha he hi hl ho hr ht hu ia ib ic
+id ie if ig ik il im in io ip ir is it iv ix iz je ju ka ke ki ks la ld le li ll lo lp ls lt lu ly ma mb me mi
+ml mm mo mp ms mt mu na nc nd ne nf ng nh ni nl nn no np ns nt nu nv ny oa ob oc od oe of og oi ok ol om on oo
+op or os ot ou ov ow pa pc pd pe ph pi pl po pp pr ps pt pu py qr qu ra rc rd re rf rg ri rk rl rm rn ro rp rr
+rs rt ru rv rw ry sa sc se sh si sk sl sm sn so sp sq ss st su sy ta tc te th ti tl tm to tp tr ts tt tu tw ty
+ua ub uc ud ue uf ug ui ul um un up ur us ut va ve vi vo wa we wh wi wn wo wr ws xa xc xe xi xp xt xx ye yn yo
+yp yr ys yt ze zo
+""".split())
+
+
+def _english_pairs(v: str, need: float = 0.75) -> bool:
+    """At least ``need`` of the letter pairs inside v's camelCase humps are common English pairs,
+    and those pairs cover a third of v (random base64 breaks into 1-2 letter humps)."""
+    n = k = 0
+    for h in _HUMP.findall(v):
+        if h[0].isdigit():
+            continue
+        h = h.lower()
+        for i in range(len(h) - 1):
+            n += 1
+            k += h[i:i + 2] in _PAIRS
+    return n >= 0.35 * len(v) and k >= need * n
+
+
+def _identifier_like(v: str) -> bool:
+    """Names made of words: model ids (HuggingFaceM4/Idefics3-8B-Llama3), constants
+    (CMAKE_C_LINK_LIBRARY_USING_load_archive), camelCase (kMaxCallbacksUntilQueueIsShortened).
+    Every separator-delimited chunk is words plus at most two digit runs and one lone letter,
+    and the letter pairs are English. Measured: of 176,344 random 32-86 character base64 tokens
+    that ``high_entropy`` flagged before this check, 4 pass it (2e-5); of the 15 identifiers and
+    model ids it flagged in local docs and code (e.g. the three above), all do."""
+    for chunk in re.split(r"[-_/.+=]+", v):
+        if len(chunk) <= 5 or chunk.isdigit():
+            continue  # v0, 8x7B, Int4, in21k
+        humps = _HUMP.findall(chunk)
+        letters = [h for h in humps if not h[0].isdigit()]
+        if (len(humps) - len(letters) > 2 or sum(1 for h in letters if len(h) == 1) > 1
+                or sum(map(len, letters)) < 3 * len(letters)):
+            return False
+    return _english_pairs(v)
+
+
+def _sequence_like(v: str) -> bool:
+    """Alphabets and counting runs (abcdefghijklmnopqrstuvwxyzABCDEF..., 0123456789ABCDEF...)."""
+    steps = sum(1 for a, b in zip(v, v[1:]) if ord(b) - ord(a) == 1)
+    return steps >= 0.5 * (len(v) - 1)
+
+
+_NAME_PREFIXES = ("api", "auth", "access", "app", "aws", "bearer", "client", "db", "admin", "master", "my",
+                  "pg", "private", "refresh", "root", "secret", "session", "ssh", "sudo", "user", "wifi")
+
+
+def _starts_name(text: str, i: int) -> bool:
+    """The keyword at ``text[i:]`` starts a name (password, db_password, dbPassword, APIKEY, x-api-key),
+    not the tail of a word (bypass, compass, monkey, turkey) or a path/URN segment (arn:...:secret:Name)."""
+    if i == 0:
+        return True
+    p = text[i - 1]
+    if not p.isalnum():
+        return p not in ":/\\"
+    if text[i].isupper() and (p.islower() or p.isdigit()):
+        return True  # camelCase: dbPassword, apiKey, authToken
+    low = text[max(0, i - 7):i].lower()
+    for g in _NAME_PREFIXES:  # glued compounds: apikey, PGPASSWORD, ACCESSTOKEN, mysecret
+        if low.endswith(g) and (i == len(g) or not text[i - len(g) - 1].isalnum()):
+            return True
+    return False
+
+
 def shannon_entropy(s: str) -> float:
     n = len(s)
     return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
@@ -80,7 +201,14 @@ def _high_entropy(v: str) -> bool:
     if v.count("/") >= 2 and not any(c.isdigit() for c in v.replace("/", "")[:8]):
         return False  # a path such as src/components/Widget
     # random base64 of length n has entropy close to log2(min(n, 64)); identifiers sit far below
-    return shannon_entropy(v) >= 0.82 * math.log2(min(len(v), 64))
+    if shannon_entropy(v) < 0.82 * math.log2(min(len(v), 64)):
+        return False
+    if v.startswith(("sha256-", "sha384-", "sha512-")):
+        return False  # subresource-integrity digests (<script integrity="sha384-...">)
+    head, sep, rest = v.partition("-") if "-" in v[:9] else v.partition("_")
+    if sep and len(head) <= 8 and head.isalpha() and len(rest) >= 16 and set(rest) <= _HEX:
+        return False  # an id such as tr-0123456789abcdef...: a short prefix and hex
+    return not _sequence_like(v) and not _identifier_like(v)
 
 
 def _r(p: str, flags: int = 0) -> re.Pattern:
@@ -90,15 +218,18 @@ def _r(p: str, flags: int = 0) -> re.Pattern:
 E = r"(?![A-Za-z0-9_])"  # right boundary (a trailing lookahead costs nothing; a leading one defeats
 # the literal-prefix search, so the left boundary is checked in Python: ``Rule.bound``)
 
-_ASSIGN_TAIL = (r"(?i:word|wd|phrase|s)?(?:[_\-.][A-Za-z0-9]+){0,3}['\"]?\s{0,3}(?:=>|:=|=|:|\sis\s)\s{0,3}['\"`]?"
-                r"([^\s'\"`,;)}\]]{6,200})")
+# after the keyword: "pass" may go on as password/passwd/passphrase/passcode, any keyword may take
+# a plural "s"; nothing else glued to it (keyword:, passport:, tokenizer: are other words)
+_ASSIGN_TAIL = (r"(?i:(?<=pass)(?:word|wd|phrase|code))?(?i:s)?(?:[_\-.][A-Za-z0-9]+){0,3}['\"]?\s{0,3}"
+                r"(?:=>|:=|=|:|\sis\s)\s{0,3}['\"`]?([^\s'\"`,;)}\]]{6,200})")
 
 RULES: list[Rule] = [
     # cloud
     Rule("aws_access_key", _r(r"A(?:KIA|SIA|BIA|CCA|GPA|IDA|ROA|NPA|NVA|IPA)[0-9A-Z]{16}" + E),
          ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA")),
     Rule("aws_secret_key", _r(r"(?i:[A-Za-z0-9_\-. ]{0,30}?(?:key|token)[A-Za-z0-9_\-]{0,10})['\"]?\s{0,3}(?:=>|=|:)"
-                              r"\s{0,3}['\"]?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"), ("aws",), 1, None, "anchor", False),
+                              r"\s{0,3}['\"]?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"),
+         ("aws",), 1, None, "anchor", False, _starts_name),
     Rule("gcp_api_key", _r(r"AIza[0-9A-Za-z_\-]{35}" + E), ("AIza",)),
     Rule("gcp_oauth_secret", _r(r"GOCSPX-[0-9A-Za-z_\-]{28}" + E), ("GOCSPX-",)),
     Rule("azure_storage_key", _r(r"AccountKey=([A-Za-z0-9+/]{86}==)"), ("AccountKey=",), 1, None, "long", False),
@@ -146,7 +277,7 @@ RULES: list[Rule] = [
     Rule("url_password", _r(r"[^\s:/@'\"<>]{1,100}:([^\s@/'\"<>]{3,200})@[\w.\-]+"), ("://",), 1,
          lambda v: not _PLACEHOLDER.match(v) and len(set(v)) > 2, "anchor", False),
     Rule("password_assignment", _r(_ASSIGN_TAIL),
-         ("pass", "pwd", "secret", "key", "token", "credential"), 1, _not_placeholder, "anchor", False),
+         ("pass", "pwd", "secret", "key", "token", "credential"), 1, _assigned_secret, "anchor", False, _starts_name),
 ]
 
 _LONG = re.compile(r"[A-Za-z0-9+/_\-]{32,400}={0,2}")
@@ -228,6 +359,7 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
         rx = rule.regex
         g = rule.group
         check = rule.check
+        left = rule.left
         for k in rule.keywords:
             i = low.find(k)
             if i < 0:
@@ -240,6 +372,8 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
                     hits.append(i + len(k))
                     i = low.find(k, i + 1)
             for end in hits:
+                if left is not None and not left(text, end - len(k)):
+                    continue
                 m = rx.match(text, end)
                 if m is not None and (check is None or check(m.group(g))):
                     spans.append((m.start(g), m.end(g), rule.name))

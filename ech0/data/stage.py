@@ -791,6 +791,15 @@ class Validation:
                         f"{TOKEN_BOUND_SLACK} <= --max-tokens"}
 
 
-def run_validate(ctx: Context, opts: ValidateOptions) -> dict:
-    """Validate ``opts.input`` into ``ctx``'s ``opts.stage`` level; returns the manifest (also written)."""
-    return Validation(ctx, opts).run()
+def run_validate(ctx: Context, opts: ValidateOptions, lock: bool = True) -> dict:
+    """Validate ``opts.input`` into ``ctx``'s ``opts.stage`` level; returns the manifest (also written).
+
+    The output dataset is written under its :class:`ech0.data.manifest.DatasetLock` (another writer of
+    the same name, or a pipeline training on it, is waited for); ``lock=False``: the caller holds it.
+    """
+    if not lock:
+        return Validation(ctx, opts).run()
+    check_options(opts)  # a bad option or input fails at once, without waiting for anyone
+    name = check_name(opts.name or default_name(resolve_input(ctx, opts.input, opts.stage)))
+    with mf.DatasetLock(ctx, name, f"ech0 data validate --stage {opts.stage}").writing():
+        return Validation(ctx, opts).run()

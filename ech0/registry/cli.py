@@ -7,9 +7,9 @@ import argparse
 import json
 import sys
 
-from ech0.errors import UserError, cli_errors
+from ech0.errors import UserError, cli_errors, mlflow_refusal
 
-COMMANDS = "{register,list,promote,rollback,history,package,verify}"
+COMMANDS = "{register,list,promote,rollback,history,package,export,verify}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--root", help="the folder --dest must stay inside (default: HOME/packages)")
     pk.add_argument("--force", action="store_true", help="replace an existing destination")
 
+    ex = sub.add_parser("export", parents=[common], help="a standalone Hugging Face folder: the LoRA merged into "
+                        "its base (loads without peft)")
+    src = ex.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-dir", help="export a run folder (no tracking store needed)")
+    src.add_argument("--version", help="export this registered version")
+    src.add_argument("--alias", help="export the version an alias points at (e.g. production)")
+    ex.add_argument("--merged", action="store_true", help="merge the adapter into its full-precision base "
+                    "(required: the one export form)")
+    ex.add_argument("--dest", required=True, help="the folder to write (must not exist unless --force)")
+    ex.add_argument("--format", default="hf", help="hf (the only one; GGUF: see the README)")
+    ex.add_argument("--force", action="store_true", help="replace an existing export at --dest")
+
     v = sub.add_parser("verify", help="re-hash a package against its manifest (exit 1 on any difference)")
     v.add_argument("dir")
     return p
@@ -78,9 +90,9 @@ def _quiet() -> None:
     quiet_libraries()
     import logging
 
-    import mlflow  # noqa: F401 — mlflow sets its loggers' levels on import; quiet them after that
+    import mlflow  # mlflow sets its loggers' levels on import; quiet them after that
 
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger(mlflow.__name__).setLevel(logging.ERROR)
 
 
 @cli_errors
@@ -90,7 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         _run(args)
     except Exception as e:  # MLflow's own errors (store unreachable, refused request): one line, no traceback
         if type(e).__module__.startswith("mlflow"):
-            raise UserError(f"MLflow: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+            line = mlflow_refusal(e)  # a 401/403 no function explained: still who and why, in one line
+            if line is None:
+                line = f"MLflow: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+            raise UserError(line) from None
         raise
 
 
@@ -152,6 +167,14 @@ def _run(args) -> None:
         out = package(ctx, args.dest, run_dir=args.run_dir, version=args.version, alias=args.alias, root=args.root,
                       force=args.force)
         print(f"packaged -> {out}  (check it: ech0 registry verify {out})")
+    elif args.cmd == "export":
+        from ech0.registry.export import export
+
+        if not args.merged:
+            raise UserError("export writes the merged model only: pass --merged")
+        out = export(ctx, args.dest, run_dir=args.run_dir, version=args.version, alias=args.alias, force=args.force,
+                     fmt=args.format)
+        print(f"exported -> {out}  (check it: cd {out} && sha256sum -c sha256sums.txt)")
 
 
 def _print_move(move) -> None:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from ech0.context import Context
 from ech0.errors import UserError
 from ech0.io import utc_now
-from ech0.registry import store
+from ech0.registry import access, store
 
 HISTORY_PREFIX = "ech0.history."
 ACTIVE_RUN_TAG = "active_run"
@@ -318,7 +318,14 @@ def promote(ctx: Context, *, version: str | int | None = None, run_id: str | Non
     ``name`` defaults to ``ctx.registry_name``; ``mirror_stages`` also moves MLflow's deprecated stage field."""
     name, stage = name or ctx.registry_name, store.check_stage(stage)
     c = store.client(ctx)
+    what = f"v{str(version).strip()}" if version else f"the newest version of run {run_id}"
+    with access.refusals(c, name, f"promote {what} of {name!r} to {stage}"):
+        return _promote(ctx, c, name, stage, version, run_id, force, reason, mirror_stages, lock_ttl, lock_timeout)
+
+
+def _promote(ctx, c, name, stage, version, run_id, force, reason, mirror_stages, lock_ttl, lock_timeout) -> Move:
     mv = store.resolve(c, name, version=version, run_id=run_id)
+    access.require(c, name, f"promote v{mv.version} of {name!r} to {stage}")  # before the lock: nothing written
     verdict, source = store.gate_verdict(c, mv)
     if verdict != "passed":
         why = "has no evaluation" if verdict == "none" else f"failed its gate ({source})"
@@ -341,8 +348,15 @@ def rollback(ctx: Context, *, stage: str = "production", to_version: str | int |
     """Move ``name@stage`` back to the version before the current one in its history (or ``to_version``)."""
     name, stage = name or ctx.registry_name, store.check_stage(stage)
     c = store.client(ctx)
-    if to_version is not None:
-        store.get_version(c, name, to_version)
+    doing = f"roll back {name!r}@{stage}" + (f" to v{str(to_version).strip()}" if to_version is not None else "")
+    with access.refusals(c, name, doing):
+        if to_version is not None:
+            store.get_version(c, name, to_version)
+        access.require(c, name, doing)  # before the lock: nothing written
+        return _rollback(ctx, c, name, stage, to_version, reason, mirror_stages, lock_ttl, lock_timeout)
+
+
+def _rollback(ctx, c, name, stage, to_version, reason, mirror_stages, lock_ttl, lock_timeout) -> Move:
     with _txn(ctx, c, name, mirror_stages, lock_ttl, lock_timeout) as t:
         st = t.states[stage]
         earlier = st.stack[:-1]
@@ -362,11 +376,14 @@ def history(ctx: Context, *, name: str | None = None, repair: bool = False,
     """The promotion history and its problems (aliases that disagree with it included)."""
     name = name or ctx.registry_name
     c = store.client(ctx)
-    if repair:
-        with _txn(ctx, c, name, mirror_stages, 120.0, 120.0) as t:
-            rm, repaired = t.rm, t.repaired
-    else:
-        rm, repaired = store.registered_model(c, name), []
+    doing = f"repair the aliases of {name!r}" if repair else f"read the promotion history of {name!r}"
+    with access.refusals(c, name, doing, need="EDIT" if repair else "READ"):
+        if repair:
+            access.require(c, name, doing)
+            with _txn(ctx, c, name, mirror_stages, 120.0, 120.0) as t:
+                rm, repaired = t.rm, t.repaired
+        else:
+            rm, repaired = store.registered_model(c, name), []
     evts = events(rm)
     states, problems = replay(evts)
     aliases = {k: str(v) for k, v in (rm.aliases or {}).items()}

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ech0.context import Context
-from ech0.errors import UserError
+from ech0.errors import UserError, denied_line, mlflow_user
 from ech0.io import sha256_file, utc_now
+from ech0.registry import access
 
 ALIASES = ("production", "staging")  # the registry's stages: each an alias, models:/NAME@ALIAS
 MODEL_ARTIFACT = "model"
@@ -157,8 +158,9 @@ def version_of_run(ctx: Context, run_id: str, name: str | None = None):
 def tag_version(ctx: Context, mv, tags: dict[str, Any]) -> None:
     """Set ``tags`` on model version ``mv`` (values cut to MLflow's limit)."""
     c = client(ctx)
-    for k, v in tags.items():
-        c.set_model_version_tag(mv.name, str(mv.version), k, str(v)[:TAG_MAX])
+    with access.refusals(c, mv.name, f"record {', '.join(tags)} on v{mv.version} of {mv.name!r}"):
+        for k, v in tags.items():
+            c.set_model_version_tag(mv.name, str(mv.version), k, str(v)[:TAG_MAX])
 
 
 def resolve(c, name: str, *, version=None, run_id=None, alias=None):
@@ -256,9 +258,8 @@ def register(ctx: Context, run_id: str | None = None, *, run_dir: str | Path | N
              eval_report: str | Path | None = None, score: float | None = None, name: str | None = None,
              description: str | None = None):
     """Create a new version of ``name`` (default ``ctx.registry_name``) from the run's logged model,
-    with its provenance as tags."""
-    from mlflow.exceptions import MlflowException
-
+    with its provenance as tags. On a server with the auth app the user needs EDIT on ``name`` (when it
+    exists) and READ on the run's experiment; a refusal writes nothing."""
     name = name or ctx.registry_name
     if run_dir is not None:
         run_dir = Path(run_dir)
@@ -268,11 +269,23 @@ def register(ctx: Context, run_id: str | None = None, *, run_dir: str | Path | N
     if not run_id:
         raise UserError("register needs --run-id (or --run-dir)")
     c = client(ctx)
+    doing = f"register run {run_id} as a new version of {name!r}"
+    with access.refusals(c, name, doing):
+        return _register(ctx, c, name, doing, run_id, run_dir, base_model, config, datasets, eval_report, score,
+                         description)
+
+
+def _register(ctx, c, name, doing, run_id, run_dir, base_model, config, datasets, eval_report, score, description):
+    from mlflow.exceptions import MlflowException
+
+    access.require(c, name, doing, unknown_ok=True)  # before anything is read or written: the reason that matters
     try:
         run = c.get_run(run_id)
     except MlflowException as e:
         if is_not_found(e):
             raise UserError(f"run {run_id!r} not found in {c.tracking_uri}") from None
+        if error_code(e) == "PERMISSION_DENIED":
+            raise UserError(denied_line(mlflow_user(), doing, f"READ on the experiment of run {run_id}")) from None
         raise
     rtags = run.data.tags
     if run_dir is None:
@@ -336,7 +349,8 @@ def register(ctx: Context, run_id: str | None = None, *, run_dir: str | Path | N
 
 
 def who(ctx: Context) -> str:
-    """``user@host pid N``: ``ctx.user``, else the login name."""
+    """``user@host pid N``: ``ctx.user``, else the login name; on a store that takes a login, `` as MLflow
+    user NAME`` too (the name only, never the password)."""
     import getpass
     import socket
 
@@ -344,12 +358,18 @@ def who(ctx: Context) -> str:
         user = ctx.user or getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+    login = mlflow_user() if access.is_server(ctx.tracking_uri) else None
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}" + (f" as MLflow user {login}" if login else "")
 
 
 # -- list ------------------------------------------------------------------------------------------
 
 def table(c, name: str) -> list[dict]:
+    with access.refusals(c, name, f"list the versions of {name!r}", need="READ"):
+        return _table(c, name)
+
+
+def _table(c, name: str) -> list[dict]:
     rm = registered_model(c, name)
     aliases: dict[str, list[str]] = {}
     for alias, v in (rm.aliases or {}).items():

@@ -317,11 +317,15 @@ class TrainRecipe:
 
     def begin(self) -> None:
         """Continue from the newest checkpoint (a resumed run), or log a new run's inputs and first loss."""
+        import sys
+
         from ech0.train import checkpoint
 
-        # Every process loads rank 0's checkpoint (multi-node: models/ on storage all nodes share).
+        # Every process loads rank 0's checkpoint (multi-node: models/ on storage all nodes share) and
+        # verifies its hashes; rank 0 says which one it resumes from when it skipped a bad newer one.
+        say = (lambda line: print(line, file=sys.stderr, flush=True)) if self.dist.is_main else None
         state = checkpoint.load_latest(self.run_dir / "checkpoints", self.model, self.optimizer,
-                                       self.scheduler) if self.resume_id else None
+                                       self.scheduler, say=say) if self.resume_id else None
         start = state["step"] if state else 0
         if self.dist.broadcast(start) != start:  # a rank that cannot read the checkpoint would start over
             raise UserError(f"rank {self.dist.rank}: no checkpoint of run {self.run_id} under {self.run_dir}; "

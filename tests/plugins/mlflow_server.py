@@ -5,11 +5,15 @@ session's trained model, and the registry CLI. A pytest plugin (``pytest_plugins
 returns at once, so a test can request it early and let the server boot while other tests run;
 ``mlflow_server`` waits for ``/health`` and yields the URL. Killed (its whole process group) at the
 end of the session. ``store`` runs a test twice: the embedded SQLite store, then the server.
+``mlflow_auth_server`` is the same server with MLflow's basic-auth app (``--app-name basic-auth``):
+an admin with a random password, users made and granted with MLflow's own auth client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -20,7 +24,7 @@ import pytest
 
 
 class Server:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, app_name: str | None = None, extra_env: dict | None = None):
         from ech0.smoke import free_port
 
         self.port = free_port()
@@ -29,9 +33,11 @@ class Server:
         self.log = root / "server.log"
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
                "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1"]
-        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-        env.pop("MLFLOW_TRACKING_URI", None)
+               "--workers", "1"] + (["--app-name", app_name] if app_name else [])
+        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+               **(extra_env or {})}
+        for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.pop(k, None)
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no huey job runners: a faster, leaner boot
         with open(self.log, "wb") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=root, env=env,
@@ -70,6 +76,76 @@ def mlflow_server_proc(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mlflow_server(mlflow_server_proc) -> str:
     return mlflow_server_proc.wait()
+
+
+class AuthServer(Server):
+    """``mlflow server --app-name basic-auth``: ``default_permission = NO_PERMISSIONS`` (every grant is
+    explicit), the admin's password random (MLflow refuses to start without one), set through a
+    ``basic_auth.ini`` named by ``MLFLOW_AUTH_CONFIG_PATH``; a Flask secret key for its CSRF check.
+
+    ``env(user)``: the environment a user's commands run with (MLflow's own login variables);
+    ``admin()``: a context in which this process talks to the server as the admin;
+    ``create_user(name)`` -> its (random) password; ``grant(user, resource_type, id, permission)``.
+    ``passwords``: every password handed out, for tests that grep for leaks."""
+
+    def __init__(self, root: Path, default_permission: str = "NO_PERMISSIONS"):
+        self.admin_user, self.admin_password = "admin", "pw-" + secrets.token_urlsafe(18)
+        ini = root / "basic_auth.ini"
+        ini.write_text(f"[mlflow]\ndefault_permission = {default_permission}\n"
+                       f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+                       f"admin_username = {self.admin_user}\nadmin_password = {self.admin_password}\n"
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                       # Without it every request pays a PBKDF2 password check on the server: the 12
+                       # registry moves of tests/test_registry_auth.py took 127 s here (a promote makes
+                       # ~17 requests). Only successful logins are cached; a wrong password never is.
+                       "auth_cache_ttl_seconds = 600\n")
+        self.passwords = {self.admin_user: self.admin_password}
+        super().__init__(root, app_name="basic-auth", extra_env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
+
+    def env(self, user: str | None, password: str | None = None) -> dict:
+        """MLflow's login variables for ``user`` (its own password unless ``password``); None: no login."""
+        if user is None:
+            return {"MLFLOW_TRACKING_URI": self.url}
+        return {"MLFLOW_TRACKING_URI": self.url, "MLFLOW_TRACKING_USERNAME": user,
+                "MLFLOW_TRACKING_PASSWORD": password if password is not None else self.passwords[user]}
+
+    @contextlib.contextmanager
+    def admin(self):
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in self.env(self.admin_user).items():
+                mp.setenv(k, v)
+            yield
+
+    def auth_client(self):
+        from mlflow.server import get_app_client
+
+        return get_app_client("basic-auth", tracking_uri=self.url)
+
+    def create_user(self, name: str) -> str:
+        password = "pw-" + secrets.token_urlsafe(18)
+        with self.admin():
+            self.auth_client().create_user(name, password)
+        self.passwords[name] = password
+        return password
+
+    def grant(self, user: str, resource_type: str, resource_id: str, permission: str) -> None:
+        with self.admin():
+            self.auth_client().grant_user_permission(user, resource_type, resource_id, permission)
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server_proc(tmp_path_factory):
+    server = AuthServer(tmp_path_factory.mktemp("mlflow-auth-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(mlflow_auth_server_proc) -> AuthServer:
+    """A running basic-auth server (see AuthServer); its URL is ``.url``."""
+    mlflow_auth_server_proc.wait()
+    return mlflow_auth_server_proc
 
 
 # -- registry stores shared by tests/test_registry*.py and tests/test_smoke.py ----------------------
