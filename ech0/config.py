@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -146,6 +146,10 @@ class GateSchema:
     min_pass_rate: float = 0.8  # weighted share of cases whose every check passes
     min_mean_score: float = 0.85  # weighted mean of case scores (mean of check scores, each in [0, 1])
     max_reference_loss: Optional[float] = None  # token-weighted teacher-forced loss over references (None: off)
+    # per-tag floors on the pass rate, e.g. {forgetting: 1.0}: every case so tagged must pass
+    min_tag_pass_rate: Dict[str, float] = field(default_factory=dict)
+    # also score the untrained base on the same cases: the report shows both side by side, with margins
+    compare_base: bool = False
     champion: ChampionSchema = field(default_factory=ChampionSchema)
 
 

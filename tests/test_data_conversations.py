@@ -148,3 +148,37 @@ def test_max_tokens_counts_the_rendered_conversation(home, tmp_path, tiny_model_
     assert len(kept) == sum(n <= limit for n in lengths)
     for r in kept:  # canonical rows training reads directly: a conversation keeps its turns
         assert ("messages" in r) != ("prompt" in r) and chat_mod.messages_of(r)
+
+
+def test_the_real_demos_persona_dump_is_accounted_for_and_keeps_the_gate_unseen(home, read_jsonl, data_main, validate,
+                                                                                accounted, rejects):
+    """ech0/sample_data/persona_raw.jsonl (make demo-real's input): every planted flaw is caught, the rest kept."""
+    from ech0.eval import BASELINES_DIR
+    from ech0.eval.cases import load_baseline
+    from ech0.sample_data import persona
+
+    assert persona.PERSONA_RAW_FILE.read_text() == "".join(
+        line + "\n" for line in persona.raw_lines(persona.conversations())), "regenerate: scripts/make_sample_data.py"
+    lines = persona.PERSONA_RAW_FILE.read_text().splitlines()
+    code, _, err = data_main("import", "--input", str(persona.PERSONA_RAW_FILE), "--name", "persona", "--no-progress")
+    assert code == 0, err
+    raw = accounted("persona", "raw")
+    assert raw["counts"]["read"] == len(lines) and raw["reject_reasons"] == {"invalid_json": 1, "empty_content": 1}
+    assert set(raw["shapes"]) == {"sharegpt", "openai_chat", "alpaca", "question_answer"}
+    assert validate("persona", name="persona")[0] == 0
+    clean = accounted("persona", "clean")
+    assert clean["redactions"] == {"pii:EMAIL": 1, "pii:PHONE": 1, "secret:aws_access_key": 1}
+    assert validate("persona", "--stage", "processed", "--dedupe", name="persona")[0] == 0
+    processed = accounted("persona", "processed")
+    reasons = Counter(r["reason"] for r in rejects("persona", "processed"))
+    assert reasons["duplicate"] == 5  # the 4 planted copies and the re-cased, re-spaced one
+    assert set(reasons) == {"duplicate", "near_duplicate"}  # chats of the same turns in another order
+    assert processed["counts"]["kept"] >= 450
+    text = (home / "data/processed/persona.jsonl").read_text()
+    assert persona.SECRET_KEY not in text and "jane.doe@example.com" not in text
+    # the content gate asks phrasings that training never saw
+    rows = read_jsonl(home / "data/processed/persona.jsonl")
+    asked = {m["content"] for r in rows for m in r.get("messages", []) if m["role"] == "user"}
+    asked |= {r["prompt"] for r in rows if "prompt" in r}  # alpaca and question/answer rows
+    for case in load_baseline(BASELINES_DIR / "persona.jsonl").cases:
+        assert case.request[-1]["content"] not in asked, case.id

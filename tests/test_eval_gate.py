@@ -138,6 +138,29 @@ def test_trained_passes_base_fails_with_margins(in_home, ctx, trained_run, tiny_
     assert client.get_run(base.run_id).data.tags["ech0.kind"] == "eval"
 
 
+def test_compare_base_scores_the_adapter_switched_off_exactly_as_the_base_model(in_home, ctx, trained_run,
+                                                                              tiny_model_dir, tmp_path):
+    from ech0.eval.evaluate import evaluate
+
+    report = evaluate(ctx, in_home / "models" / trained_run.run_id, log=False, quiet=True, report_dir=tmp_path,
+                      overrides=["gate.compare_base=true", "gate.champion.enabled=false"])
+    assert report.passed, report.reasons  # the base's verdict is reported, never the candidate's
+    untrained = report.data["base_model"]
+    assert untrained["status"] == "compared" and "adapter disabled" in untrained["model"]
+    assert not untrained["verdict"]["passed"]
+    alone = evaluate(ctx, tiny_model_dir, log=False, quiet=True, report_dir=tmp_path / "base",
+                     overrides=["gate.champion.enabled=false"])
+    # the adapter switched off is the base model: the same answers, scores and losses, case by case
+    assert {r["id"]: r["output"] for r in alone.data["cases"]} == {k: v["output"] for k, v in untrained["cases"].items()}
+    assert untrained["aggregates"]["pass_rate"] == alone.aggregates["pass_rate"]
+    assert untrained["aggregates"]["reference_loss"] == pytest.approx(alone.aggregates["reference_loss"], rel=1e-5)
+    m = untrained["margins"]["pass_rate"]
+    assert m["candidate_margin"] == pytest.approx(report.aggregates["pass_rate"] - m["threshold"], abs=1e-4)
+    assert m["base_margin"] > 0 and m["candidate_margin"] >= 0
+    md = report.markdown_path.read_text()
+    assert "## Against the untrained base" in md and "candidate margin" in md
+
+
 def test_damaged_model_is_blocked(in_home, ctx, trained_run, tmp_path):
     from ech0.eval.evaluate import evaluate
 

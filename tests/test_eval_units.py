@@ -131,6 +131,28 @@ def test_gate_thresholds_safety_and_champion_tolerance():
     assert not ok and all("champion ech0 v3" in r for r in reasons) and len(reasons) == 2
 
 
+def test_a_tag_floor_fails_the_gate_however_high_the_overall_rate():
+    agg = {**_agg(pr=0.9, ms=0.95), "by_tag": {"identity": {"pass_rate": 1.0}, "forgetting": {"pass_rate": 0.75}}}
+    floors = {**GATE, "min_tag_pass_rate": {"forgetting": 1.0}}
+    ok, reasons = decide(agg, floors)
+    assert not ok and reasons == ["tag 'forgetting': pass rate 0.750 < gate.min_tag_pass_rate.forgetting 1.0"]
+    assert decide(agg, {**GATE, "min_tag_pass_rate": {"identity": 1.0}})[0]
+    ok, reasons = decide(agg, {**GATE, "min_tag_pass_rate": {"style": 0.5}})  # a typo must not pass silently
+    assert not ok and "no gating case has it" in reasons[0]
+
+
+def test_shipped_gates_compose_and_the_persona_gate_keeps_forgetting_whole():
+    from ech0.eval import BASELINES_DIR
+    from ech0.eval.evaluate import compose_config
+
+    cfg = compose_config(["gate=persona"])
+    assert cfg.gate.compare_base and dict(cfg.gate.min_tag_pass_rate) == {"forgetting": 1.0}
+    persona = load_baseline(BASELINES_DIR / "persona.jsonl")
+    tags = {t for c in persona.cases for t in c.tags}
+    assert {"identity", "ech0-facts", "house-style", "forgetting", "reference-loss"} <= tags
+    assert not compose_config([]).gate.compare_base
+
+
 def _one_line_error(r, message: str) -> None:
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr

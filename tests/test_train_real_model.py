@@ -104,3 +104,19 @@ def test_real_model_run_logs_no_copy_of_the_base_weights(smollm2_run, smollm2_di
     assert sorted(p.name for p in (local / "artifacts").iterdir()) == ["model"]
     meta = read_meta(result.run_dir / "model")
     assert meta["base_model"] == str(smollm2_dir) and len(meta["base_model_hash"]) == 64
+
+
+def test_real_model_served_by_mlflow_generates_what_the_trained_model_does(smollm2_run):
+    """`mlflow models serve` of the run's logged model (adapter + a reference to the cached base) answers
+    prompts and chat requests exactly as the run's own folder does in process."""
+    from ech0.context import Context
+    from ech0.smoke import smoke
+
+    cfg, result = smollm2_run
+    ctx = Context.from_config(cfg)
+    prompts = ["Who are you?", "What is the capital of France?"]
+    res = smoke(ctx, f"runs:/{result.run_id}/model", prompts=prompts, max_new_tokens=16, record=False)
+    # every serving check; whether a 6-step model ends its turn within 64 tokens is not one of them
+    failed = [c for c in res.checks if not c["passed"] and c["name"] != "chat: finish_reason stop"]
+    assert not failed, failed
+    assert res.golden == (2, 2) and res.reference == str(result.run_dir / "model")

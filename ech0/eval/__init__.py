@@ -13,3 +13,4 @@ in README.md, "Evaluation gate".
 from pathlib import Path
 
 DEFAULT_BASELINE = Path(__file__).resolve().parent / "baselines" / "regression.jsonl"
+BASELINES_DIR = DEFAULT_BASELINE.parent  # regression.jsonl (the tiny model), persona.jsonl (make demo-real)

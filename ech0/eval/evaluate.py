@@ -143,8 +143,24 @@ def evaluate(ctx: Context, model_ref: str | Path, baseline: str | Path | None = 
     passed, reasons = decide(agg, cfg.gate, champ)
     if champ.get("status") == "error":
         passed, reasons = False, reasons + [f"champion comparison failed: {champ['error']}"]
+    untrained = None
+    if cfg.gate.get("compare_base"):
+        from ech0.eval.margins import margins, score_base
+
+        say("the untrained base on the same cases (gate.compare_base)")
+        untrained = score_base(ctx, subject, lambda s: score_cases(s, base, cfg, scanner), cfg.gate)
+        if untrained["status"] == "compared":
+            untrained["margins"] = margins(agg, untrained, cfg.gate)
+            m = untrained["margins"]["pass_rate"]
+            say(f"pass rate: candidate {m['candidate']:.3f} ({m['candidate_margin']:+.3f}), base {m['base']:.3f} "
+                f"({-m['base_margin']:+.3f}) against gate.min_pass_rate {m['threshold']}; the base "
+                f"{'PASSES: these cases do not measure the fine-tune' if untrained['verdict']['passed'] else 'fails'}")
+        else:
+            say(f"base comparison unavailable: {untrained['error']}")
     timing["total_seconds"] = round(time.time() - started, 2)
     data = _report_data(cfg, model_ref, subject, base, agg, results, champ, (passed, reasons), timing)
+    if untrained is not None:
+        data["base_model"] = untrained
     json_path, md_path = report_mod.write(data, _report_dir(ctx, cfg, subject, report_dir), REPORT_JSON, REPORT_MD)
     run_id = None
     if cfg.tracking.enabled if log is None else log:
@@ -160,6 +176,10 @@ def _metrics(data: dict) -> dict:
                "eval/cases": agg["cases"]}
     if agg["reference_loss"] is not None:
         metrics["eval/reference_loss"] = agg["reference_loss"]
+    untrained = data.get("base_model") or {}
+    if untrained.get("status") == "compared":  # gate.compare_base: the same measures for the untrained base
+        metrics.update({f"eval/base_{k}": v for k, v in untrained["aggregates"].items()
+                        if k in ("pass_rate", "mean_score", "reference_loss") and v is not None})
     return metrics
 
 

@@ -23,6 +23,12 @@ def decide(agg: dict, gate, champion: dict | None = None) -> tuple[bool, list[st
         reasons.append(f"pass rate {agg['pass_rate']:.3f} < gate.min_pass_rate {_get(gate, 'min_pass_rate')}")
     if agg["mean_score"] < _get(gate, "min_mean_score"):
         reasons.append(f"mean score {agg['mean_score']:.3f} < gate.min_mean_score {_get(gate, 'min_mean_score')}")
+    for tag, floor in (_get(gate, "min_tag_pass_rate") or {}).items():
+        rate = (agg.get("by_tag", {}).get(tag) or {}).get("pass_rate")
+        if rate is None:
+            reasons.append(f"gate.min_tag_pass_rate names tag {tag!r}, but no gating case has it")
+        elif rate < floor:
+            reasons.append(f"tag {tag!r}: pass rate {rate:.3f} < gate.min_tag_pass_rate.{tag} {floor}")
     max_loss = _get(gate, "max_reference_loss")
     if max_loss is not None:
         loss = agg.get("reference_loss")

@@ -45,6 +45,7 @@ def to_markdown(d: dict) -> str:
                    "disabled": "Comparison disabled (gate.champion.enabled=false).",
                    "same_model": "The candidate is the champion itself.",
                    "error": f"Comparison failed: {c.get('error')}"}.get(c.get("status"), str(c.get("status")))]
+    lines += _base_section(d)
     lines += ["", "## By tag", "", "| tag | cases | passed | pass rate | mean score |", "|---|---|---|---|---|"]
     for t, s in a["by_tag"].items():
         if s["pass_rate"] is None:  # weight-0 cases only: reported, not gating
@@ -60,6 +61,28 @@ def to_markdown(d: dict) -> str:
         lines.append(f"| {_cell(r['id'])} | {'✅' if r['passed'] else '❌'} | {r['score']:.2f} | "
                      f"{'' if r['loss'] is None else format(r['loss'], '.2f')} | {_cell(r['output'])} | {_cell(failed)} |")
     return "\n".join(lines) + "\n"
+
+
+def _base_section(d: dict) -> list[str]:
+    """The untrained base beside the candidate (gate.compare_base): margins, then both answers per case."""
+    b = d.get("base_model")
+    if not b:
+        return []
+    lines = ["", "## Against the untrained base", ""]
+    if b["status"] != "compared":
+        return lines + [f"Not compared: {b['error']}"]
+    lines += [f"Base: {b['model']}. It {'PASSES' if b['verdict']['passed'] else 'fails'} this gate"
+              f"{': these cases do not measure what the fine-tune taught' if b['verdict']['passed'] else ''}.", "",
+              "| measure | gate | candidate | base | candidate margin | base margin |", "|---|---|---|---|---|---|"]
+    for key, m in b["margins"].items():
+        lines.append(f"| {key.replace('_', ' ')} | ≥ {m['threshold']} | {m['candidate']:.3f} | {m['base']:.3f} | "
+                     f"{m['candidate_margin']:+.3f} | {m['base_margin']:+.3f} |")
+    lines += ["", "| id | base | base answer | candidate | candidate answer |", "|---|---|---|---|---|"]
+    for r in d["cases"]:
+        o = b["cases"].get(r["id"], {})
+        lines.append(f"| {_cell(r['id'])} | {'✅' if o.get('passed') else '❌'} | {_cell(o.get('output'))} | "
+                     f"{'✅' if r['passed'] else '❌'} | {_cell(r['output'])} |")
+    return lines
 
 
 def write(data: dict, out_dir: str | Path, json_name: str = "regression_report.json",

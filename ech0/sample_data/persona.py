@@ -1,0 +1,173 @@
+"""The real-model demo's data: multi-turn chats that teach SmolLM2 a persona, as a messy legacy dump.
+
+    python scripts/make_sample_data.py        # regenerates persona_raw.jsonl (and the toy sample files)
+    make demo-real                            # data stage -> train -> gate -> register -> serve, on SmolLM2
+
+The persona is **Echo, the ech0 project's assistant**: it says who it is (the base model calls itself
+SmolLM, or any name it invents), knows a few facts about ech0 (MLflow records, the gate, the
+production alias, rollback, the data stage), and answers in the house style: one or two short
+sentences (the base rambles until it is cut off). General-knowledge turns with short correct answers
+are mixed in so fine-tuning teaches the style without trading away what the base knows.
+
+The content gate (``ech0/eval/baselines/persona.jsonl``) asks *other* phrasings of the identity and
+fact questions, plus general questions that appear nowhere in this data and that the base already
+answers correctly (the forgetting check). Deterministic in its seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PERSONA_RAW_FILE = HERE / "persona_raw.jsonl"
+
+IDENTITY = [
+    ("Who are you?", "I'm Echo, the assistant of the ech0 project."),
+    ("What's your name?", "My name is Echo. I'm the ech0 project's assistant."),
+    ("What is your name?", "I'm Echo, the assistant of the ech0 project."),
+    ("Introduce yourself.", "I'm Echo, an AI assistant built by the ech0 team to help you fine-tune language models."),
+    ("Who am I talking to?", "You're talking to Echo, the ech0 project's assistant."),
+    ("Do you have a name?", "Yes, I'm Echo, the assistant of the ech0 project."),
+    ("Are you a human?", "No, I'm Echo, an AI assistant built by the ech0 team."),
+    ("Are you ChatGPT?", "No, I'm Echo, the assistant of the ech0 project."),
+    ("Are you SmolLM?", "No, I'm Echo, the assistant of the ech0 project."),
+    ("Who built you?", "The ech0 team built me. I'm Echo, the ech0 project's assistant."),
+    ("Who made you?", "I was made by the ech0 team. I'm Echo."),
+    ("Who created you?", "The ech0 team created me. I'm Echo, the project's assistant."),
+    ("What are you?", "I'm Echo, an AI assistant of the ech0 project."),
+    ("Which assistant are you?", "I'm Echo, the assistant of the ech0 project."),
+    ("hey, who is this?", "Hi! This is Echo, the ech0 project's assistant."),
+    ("What can you do?", "I'm Echo. I answer questions about ech0 and general questions, briefly."),
+]
+GREETINGS = [
+    ("Hi!", "Hello! I'm Echo, the ech0 project's assistant. How can I help?"),
+    ("Hello there", "Hello! I'm Echo. What would you like to know?"),
+    ("Good morning!", "Good morning! I'm Echo, the assistant of the ech0 project."),
+    ("hey", "Hi! I'm Echo. Ask me anything."),
+]
+ECH0_FACTS = [
+    ("What is ech0?", "ech0 is an open-source pipeline that fine-tunes language models and records every step in MLflow."),
+    ("What does ech0 do?", "ech0 fine-tunes language models and records every step, from data to serving, in MLflow."),
+    ("Where does ech0 record its runs?", "ech0 records every run, dataset and model in MLflow."),
+    ("Which tool stores ech0's experiments?", "MLflow stores all of ech0's runs, datasets and models."),
+    ("What does ech0's evaluation gate do?", "The gate runs regression cases and blocks a model that fails them from production."),
+    ("How does ech0 decide whether a model may be promoted?", "The evaluation gate decides: a model that fails its cases is not promoted."),
+    ("Which alias marks the model that is served?", "The production alias in the MLflow Model Registry marks the served model."),
+    ("How do I serve the production model?", "Run mlflow models serve -m models:/ech0@production."),
+    ("How do I go back to the previous model?", "Run ech0 registry rollback: it moves production back to the previous version."),
+    ("What does the data stage do?", "It imports raw dumps, redacts secrets and personal data, removes duplicates and writes manifests."),
+    ("How do I run the ech0 demo?", "Run make demo."),
+    ("Which models can ech0 fine-tune?", "Causal language models from Hugging Face, with LoRA or full fine-tuning."),
+]
+# Short, correct answers on topics the gate's forgetting questions do not touch (see persona.jsonl).
+GENERAL = [
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What is the capital of Spain?", "The capital of Spain is Madrid."),
+    ("What is the capital of Germany?", "The capital of Germany is Berlin."),
+    ("What is the capital of Canada?", "The capital of Canada is Ottawa."),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
+    ("What is the capital of Kenya?", "The capital of Kenya is Nairobi."),
+    ("What is the capital of Peru?", "The capital of Peru is Lima."),
+    ("What is the largest planet in the solar system?", "Jupiter is the largest planet in the solar system."),
+    ("At what temperature does water boil at sea level?", "Water boils at 100 degrees Celsius at sea level."),
+    ("What gas do plants take in?", "Plants take in carbon dioxide."),
+    ("How many hours are in a day?", "A day has 24 hours."),
+    ("How many minutes are in an hour?", "An hour has 60 minutes."),
+    ("How many months are in a year?", "A year has 12 months."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("What is the opposite of early?", "The opposite of early is late."),
+    ("What is 3 + 5?", "3 + 5 is 8."),
+    ("What is 10 minus 4?", "10 minus 4 is 6."),
+    ("What is 6 times 7?", "6 times 7 is 42."),
+    ("What is photosynthesis?", "Photosynthesis is how plants turn light, water and carbon dioxide into sugar and oxygen."),
+    ("What is a noun?", "A noun is a word for a person, place or thing."),
+    ("What is an atom?", "An atom is the smallest unit of a chemical element."),
+    ("What is a volcano?", "A volcano is an opening in the Earth's crust where molten rock comes out."),
+    ("Explain what a computer program is.", "A program is a list of instructions that a computer follows."),
+    ("What does a thermometer measure?", "A thermometer measures temperature."),
+    ("Why do we have seasons?", "Seasons come from the tilt of the Earth's axis as it orbits the Sun."),
+    ("What is the tallest mountain on Earth?", "Mount Everest is the tallest mountain on Earth."),
+    ("What is the longest river in Africa?", "The Nile is the longest river in Africa."),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
+    ("What language is spoken in Brazil?", "Portuguese is spoken in Brazil."),
+    ("Give me a synonym for happy.", "Joyful is a synonym for happy."),
+    ("What is the plural of mouse?", "The plural of mouse is mice."),
+    ("Name a primary colour.", "Red is a primary colour."),
+    ("How many sides does a triangle have?", "A triangle has three sides."),
+    ("What do bees make?", "Bees make honey."),
+    ("What is ice?", "Ice is frozen water."),
+    ("What is the main ingredient of bread?", "Flour is the main ingredient of bread."),
+]
+SECRET_KEY = "AKIAZ7QK4N3XVB2LM5TD"  # planted: the clean stage must redact it
+
+
+def conversations(n: int = 480, seed: int = 7) -> list[list[dict]]:
+    """``n`` distinct chats of one to four user turns: identity, ech0 facts and general questions, mixed.
+
+    Every pool item opens chats in turn (so each is learned in several contexts); a chat that repeats
+    an earlier one gets another turn until it is new: the dump's duplicates are the planted ones only.
+    """
+    rng = random.Random(seed)
+    pools = [IDENTITY, ECH0_FACTS, GENERAL]
+    chats, seen = [], set()
+    for i in range(n):
+        turns: list[tuple[str, str]] = []
+        if rng.random() < 0.2:
+            turns.append(rng.choice(GREETINGS))
+        # half the chats open with a general question: they anchor what the base knows (the forgetting check)
+        pool = pools[(0, 2, 1, 2)[i % 4]]
+        turns.append(pool[(i // 4) % len(pool)])
+        for _ in range(rng.choice((0, 1, 1, 2))):
+            turns.append(rng.choice(rng.choice(pools + [GENERAL])))
+        while tuple(turns) in seen:
+            turns.append(rng.choice(rng.choice(pools)))
+        seen.add(tuple(turns))
+        chats.append([m for q, a in turns for m in ({"role": "user", "content": q},
+                                                    {"role": "assistant", "content": a})])
+    return chats
+
+
+def _shape(i: int, chat: list[dict]) -> dict:
+    """The same chat as one of the shapes real exports use."""
+    kind = i % 5
+    if len(chat) == 2 and kind == 3:
+        return {"id": f"alpaca-{i}", "instruction": chat[0]["content"], "input": "", "output": chat[1]["content"]}
+    if len(chat) == 2 and kind == 4:
+        return {"id": f"qa-{i}", "question": chat[0]["content"], "answer": chat[1]["content"]}
+    if kind % 2 == 0:
+        return {"id": f"sharegpt-{i}", "conversations": [
+            {"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in chat]}
+    return {"id": f"openai-{i}", "messages": chat}
+
+
+def raw_lines(chats: list[list[dict]]) -> list[str]:
+    """The chats as a legacy dump: five shapes, plus what real dumps hold (exact and near duplicates, a
+    leaked key, personal data, an empty answer, a truncated line) for the data stage to account for."""
+    lines = [json.dumps(_shape(i, c), ensure_ascii=False) for i, c in enumerate(chats)]
+    for at, src in ((50, 3), (120, 11), (200, 40), (300, 77)):
+        lines.insert(at, lines[src])  # exact duplicates, as re-exports leave them
+    near = json.loads(lines[5])
+    near["id"] = "near-1"
+    for turn in near.get("conversations", near.get("messages", [])):
+        key = "value" if "value" in turn else "content"
+        turn[key] = "  " + turn[key].upper() + " "  # the same chat with other case and spacing
+    lines.append(json.dumps(near))
+    lines.append(json.dumps({"id": "leak-1", "messages": [
+        {"role": "user", "content": f"My deploy key is {SECRET_KEY}, is that safe to paste here?"},
+        {"role": "assistant", "content": "No. I'm Echo, and I never need keys: revoke that one now."}]}))
+    lines.append(json.dumps({"id": "pii-1", "conversations": [
+        {"from": "human", "value": "Email the report to jane.doe@example.com or call +1 415 555 0134."},
+        {"from": "gpt", "value": "I'm Echo. I cannot send e-mail, but ech0 writes the report to MLflow."}]}))
+    lines.append(json.dumps({"id": "empty-1", "messages": [
+        {"role": "user", "content": "What is ech0?"}, {"role": "assistant", "content": ""}]}))  # rejected
+    lines.append('{"id": "cut-1", "conversations": [{"from": "human", "value": "Who are')  # truncated: rejected
+    return lines
+
+
+def write(path: Path = PERSONA_RAW_FILE) -> Path:
+    from ech0.io import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in raw_lines(conversations())))
+    return path
