@@ -124,6 +124,21 @@ def repo_root() -> Path:
     return ROOT
 
 
+# mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ (MLflow 3), and every later
+# subprocess inherits it: a test's in-process store would become the store of the next test's
+# `ech0 ...` subprocess. Each test ends with the variable as the session started.
+_SESSION_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_does_not_leak():
+    yield
+    if _SESSION_TRACKING_URI is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = _SESSION_TRACKING_URI
+
+
 @pytest.fixture(scope="session")
 def run_cli():
     """``run_cli("ech0.train", "+preset=lora", env={...})``: ``python -m ...`` in a subprocess (CompletedProcess)."""
