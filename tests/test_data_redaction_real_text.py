@@ -12,7 +12,6 @@ tokens drop the shapes real text is full of.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
@@ -28,11 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_rfp", ROOT / "benchmarks" / "redaction_false_positives.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(redaction_benchmark):
+    return redaction_benchmark
 
 
 def _findings(text: str) -> list[str]:

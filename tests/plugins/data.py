@@ -177,10 +177,21 @@ def alternating_tokenizer(tmp_path_factory) -> Path:
     return build_tokenizer(tmp_path_factory.mktemp("alternating"), ALTERNATING_TEMPLATE)
 
 
-@pytest.fixture(scope="session")
-def data_hygiene():
-    """The synthetic generators of ``benchmarks/data_hygiene.py`` (Gen, fake_secrets, fake_pii, ...)."""
-    spec = importlib.util.spec_from_file_location("benchmarks_data_hygiene", ROOT / "benchmarks" / "data_hygiene.py")
+def _benchmark(name: str):
+    """``benchmarks/<name>.py`` loaded as a module (benchmarks are scripts, not installed)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def data_hygiene():
+    """The synthetic generators of ``benchmarks/data_hygiene.py`` (Gen, fake_secrets, fake_pii, ...)."""
+    return _benchmark("data_hygiene")
+
+
+@pytest.fixture(scope="session")
+def redaction_benchmark():
+    """``benchmarks/redaction_false_positives.py``: the real-text corpora and per-rule scans."""
+    return _benchmark("redaction_false_positives")
