@@ -348,9 +348,11 @@ def pyfunc_spec(model_dir: str | os.PathLike, base_path: str | None, embed_base:
                              "max_tokens_cap": MAX_TOKENS_CAP, "max_seconds": MAX_SECONDS}}
 
 
-def log_pyfunc(tracker, model_dir: str | os.PathLike, base_path: str | None):
-    """Log the model into ``tracker``'s open run (:meth:`ech0.tracking.Tracker.log_model`) at ``model``."""
-    return tracker.log_model(**pyfunc_spec(model_dir, base_path))
+def log_pyfunc(tracker, model_dir: str | os.PathLike, base_path: str | None, name: str = "model", step: int = 0,
+               metrics: dict[str, float] | None = None):
+    """Log the model into ``tracker``'s open run (:meth:`ech0.tracking.Tracker.log_model`) as ``name`` at ``step``,
+    with ``metrics`` linked to it."""
+    return tracker.log_model(**pyfunc_spec(model_dir, base_path), name=name, step=step, metrics=metrics)
 
 
 def save_pyfunc(path: str | os.PathLike, model_dir: str | os.PathLike, base_path: str | None) -> None:

@@ -101,10 +101,12 @@ class Tracker:
         for i in range(0, len(items), PARAM_BATCH):
             mlflow.log_params(dict(items[i:i + PARAM_BATCH]))
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, model_id: str | None = None) -> None:
+        """``model_id``: the metrics also belong to that logged model (a checkpoint's held-out loss)."""
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step, synchronous=False)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step, synchronous=False,
+                           model_id=model_id)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         import mlflow
@@ -128,14 +130,26 @@ class Tracker:
         ds = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
         mlflow.log_input(ds, context=context, tags={"sha256": digest})
 
-    def log_model(self, python_model, artifacts: dict[str, str], signature, pip_requirements: list[str],
-                  code_paths: list[str] | None = None, input_example=None, model_config: dict | None = None):
+    def log_table(self, df, artifact_file: str) -> None:
+        """A per-row table (``mlflow.log_table``): the UI compares tables of the same name across runs."""
         import mlflow
 
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=python_model, artifacts=artifacts, signature=signature,
+        mlflow.log_table(df, artifact_file, run_id=self.run_id)
+
+    def log_model(self, python_model, artifacts: dict[str, str], signature, pip_requirements: list[str],
+                  code_paths: list[str] | None = None, input_example=None, model_config: dict | None = None,
+                  name: str = "model", step: int = 0, metrics: dict[str, float] | None = None):
+        """An MLflow 3 ``LoggedModel`` of this run at ``step``, with ``metrics`` (logged at ``step`` into the run
+        and linked to the model); returns MLflow's ``ModelInfo`` (``.model_id``)."""
+        import mlflow
+
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=python_model, artifacts=artifacts, signature=signature,
             pip_requirements=pip_requirements, code_paths=code_paths, input_example=input_example,
-            model_config=model_config)
+            model_config=model_config, step=step)
+        if metrics:
+            self.log_metrics(metrics, step=step, model_id=info.model_id)
+        return info
 
     def flush(self) -> None:
         import mlflow
