@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "pipeline": "data -> train -> eval gate -> register -> promote on pass -> serving smoke",
     "sweep": "a Hydra multirun of training under one parent run (= ech0 train -m ...)",
     "watch": "follow a run's status.json until it ends",
+    "sync": "deliver what a tracking-server outage left in runs' spools (idempotent)",
     "base-model": "prepare the configured base model; print its folder, size and one answer",
 }
 

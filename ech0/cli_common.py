@@ -8,6 +8,9 @@ Third-party knobs that exist only as environment variables are set here and nowh
 
 from __future__ import annotations
 
+import contextlib
+
+
 def quiet_libraries() -> None:
     """Keep the terminal for ech0's progress bar and summary: library chatter goes to the log file only."""
     import logging
@@ -27,3 +30,20 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on every model load
+
+
+@contextlib.contextmanager
+def library_env(name: str, value: str):
+    """``name=value`` in the environment for the block only: a library knob that exists only as an environment
+    variable and must hold for one call wherever ech0 is used from (the CLI or Python); a value the user set
+    wins. Used by ech0.eval.genai_view (MLflow's evaluation harness workers)."""
+    import os
+
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)

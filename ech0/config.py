@@ -77,10 +77,15 @@ class TrainerConfig:
     truncation: str = "right"  # right: cut the completion's tail | left: cut the prompt's head | drop: skip the row
     precision: str = "auto"  # auto (measured: bf16 only where it is faster) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda
+    # with more than one process (torchrun): ddp (each process holds the whole model) | fsdp (FSDP2: each holds
+    # 1/N of weights, gradients and AdamW state; for models too big for one device). One process ignores it.
+    strategy: str = "ddp"
     num_threads: Optional[int] = None  # torch intra-op threads on CPU (None: torch's default)
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
-    keep_checkpoints: int = 2  # newest checkpoints kept
+    keep_checkpoints: int = 2  # newest checkpoints kept, plus the best (lowest held-out loss); 0: all
     eval_every: int = 50  # steps between eval/loss measurements (0: only before and after)
+    generations: int = 4  # held-out prompts answered greedily at step 0, each eval step and the end (MLflow table)
+    generation_max_new_tokens: int = 48  # tokens per answer in that table
     log_every: int = 1  # steps between metric logs
     status_every_seconds: float = 2.0  # status.json is rewritten at most this often (and on state changes)
     progress: bool = True  # show a progress bar
@@ -108,7 +113,20 @@ class TrackingConfig:
     run_name: Optional[str] = None  # None: <preset>-<time>
     log_system_metrics: bool = True
     log_model: bool = True  # log the trained model as an MLflow pyfunc model
+    # Log through the run folder's spool (ech0/spool.py): a tracking server that is down never stalls training;
+    # at the end wait this long for it to take everything, else keep the spool for `ech0 sync` (exit 3).
+    spool: bool = True
+    delivery_wait_seconds: float = 120.0
     parent_run_id: Optional[str] = None  # set by the pipeline / sweeps to group runs
+
+
+@dataclass
+class RegistryConfig:
+    # the pipeline registers the run's best logged model (a checkpoint or the final one) by best_metric,
+    # evaluates that one, instead of the final model (`ech0 registry register --best` does the same)
+    best: bool = False
+    best_metric: str = "eval/loss"  # a metric linked to the run's logged models (each one's held-out loss)
+    best_mode: str = "min"  # min: lower is better | max: higher is better
 
 
 @dataclass
@@ -123,6 +141,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     preset: str = "default"  # set by +preset=NAME; names the MLflow run
     seed: int = 42  # seeds data order, init of adapters and dropout: a CPU run is repeatable
@@ -150,6 +169,10 @@ class GateSchema:
     min_tag_pass_rate: Dict[str, float] = field(default_factory=dict)
     # also score the untrained base on the same cases: the report shows both side by side, with margins
     compare_base: bool = False
+    # also log the cases to MLflow's evaluation view (mlflow.genai.evaluate, ech0's results as assessments);
+    # presentation only: the verdict is ech0's either way
+    genai_view: bool = True
+    genai_view_checks: bool = False  # the view also gets one assessment per check type (check_regex, ...)
     champion: ChampionSchema = field(default_factory=ChampionSchema)
 
 

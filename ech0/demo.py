@@ -1,6 +1,6 @@
 """The quick-start demos: the whole pipeline on shipped data, then a summary for a newcomer.
 
-    make demo            # = .venv/bin/python -m ech0.demo [--force]          the tiny model, ~35 s
+    make demo            # = .venv/bin/python -m ech0.demo [--force]          the tiny model, ~50 s
     make demo-real       # = .venv/bin/python -m ech0.demo --real [--force]   SmolLM2-135M-Instruct, <10 min
 
 ``make demo`` builds the tiny base model (once), runs the data stage on the shipped raw sample (a messy
@@ -58,6 +58,21 @@ def _side_by_side(report_path: str, width: int | None = None) -> None:
           f"(margins {-m['base_margin']:+.3f} / {m['candidate_margin']:+.3f})")
 
 
+def pipeline_args(real: bool = False, force: bool = False) -> list[str]:
+    """The `ech0 pipeline` arguments of `make demo` (or `make demo-real`); tests/test_demo_gate.py runs the same."""
+    force_train = ["--force-train"] if force else []
+    if real:
+        from ech0.eval import BASELINES_DIR
+        from ech0.sample_data.persona import PERSONA_RAW_FILE
+
+        return ["--mode", "pipeline", "--promote-on-pass", "--preset", "conversation_lora", "--input",
+                str(PERSONA_RAW_FILE), "--name", "persona", "--baseline", str(BASELINES_DIR / "persona.jsonl"),
+                "--gate", "persona", *force_train, *REAL_TRAINING]
+    from ech0.sample_data import RAW_FILE
+
+    return ["--mode", "pipeline", "--promote-on-pass", "--input", str(RAW_FILE), "--name", "sample", *force_train]
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -66,22 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     from ech0.pipeline import main as pipeline
 
     real = "--real" in argv
-    force = ["--force-train"] if "--force" in argv else []
     ctx = Context.from_env()  # only for the base model and the closing lines: the pipeline builds its own
     started = time.time()
-    if real:
-        from ech0.eval import BASELINES_DIR
-        from ech0.sample_data.persona import PERSONA_RAW_FILE
-
-        args = ["--mode", "pipeline", "--promote-on-pass", "--preset", "conversation_lora", "--input",
-                str(PERSONA_RAW_FILE), "--name", "persona", "--baseline", str(BASELINES_DIR / "persona.jsonl"),
-                "--gate", "persona", *force, *REAL_TRAINING]
-    else:
-        from ech0.sample_data import RAW_FILE
-
+    if not real:
         ensure_base_model(ctx.base_models)
-        args = ["--mode", "pipeline", "--promote-on-pass", "--input", str(RAW_FILE), "--name", "sample", *force]
-    rc = pipeline(args)
+    rc = pipeline(pipeline_args(real, force="--force" in argv))
     if rc in (0, 1):
         if real:
             _side_by_side(_latest_report(ctx))

@@ -349,10 +349,10 @@ def pyfunc_spec(model_dir: str | os.PathLike, base_path: str | None, embed_base:
 
 
 def log_pyfunc(tracker, model_dir: str | os.PathLike, base_path: str | None, name: str = "model", step: int = 0,
-               metrics: dict[str, float] | None = None):
+               metrics: dict[str, float] | None = None, tags: dict | None = None):
     """Log the model into ``tracker``'s open run (:meth:`ech0.tracking.Tracker.log_model`) as ``name`` at ``step``,
-    with ``metrics`` linked to it."""
-    return tracker.log_model(**pyfunc_spec(model_dir, base_path), name=name, step=step, metrics=metrics)
+    with ``metrics`` linked to it and ``tags`` on it."""
+    return tracker.log_model(**pyfunc_spec(model_dir, base_path), name=name, step=step, metrics=metrics, tags=tags)
 
 
 def save_pyfunc(path: str | os.PathLike, model_dir: str | os.PathLike, base_path: str | None) -> None:

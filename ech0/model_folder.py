@@ -32,12 +32,14 @@ def read_meta(model_dir: str | os.PathLike) -> dict:
     return json.loads((Path(model_dir) / META_FILE).read_text())
 
 
-def save_trained(out: str | os.PathLike, model, tokenizer, meta: dict) -> None:
-    """Write the folder atomically (built beside ``out``, renamed into place; an old one is replaced)."""
+def save_trained(out: str | os.PathLike, model, tokenizer, meta: dict, state_dict: dict | None = None) -> None:
+    """Write the folder atomically (built beside ``out``, renamed into place; an old one is replaced).
+    ``state_dict``: the weights to write instead of the model's own (a sharded model's, gathered whole)."""
     from ech0.io import atomic_dir, atomic_write_json
 
     with atomic_dir(out, overwrite=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        given = {} if state_dict is None else {"state_dict": state_dict}
+        model.save_pretrained(tmp, safe_serialization=True, **given)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / META_FILE, {**meta, "adapter": is_adapter(tmp)})
 

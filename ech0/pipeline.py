@@ -3,6 +3,7 @@
     python -m ech0.pipeline --mode pipeline --promote-on-pass            # + Hydra overrides for training
     python -m ech0.pipeline --mode pipeline --input legacy_dump.json --promote-on-pass
     python -m ech0.pipeline --mode pipeline --preset full trainer.max_steps=50
+    python -m ech0.pipeline --mode pipeline registry.best=true           # register the best checkpoint
     python -m ech0.pipeline --mode train --preset lora
     python -m ech0.pipeline --mode eval --model-dir models/<run_id>
 
@@ -21,8 +22,10 @@ Each stage's MLflow run nests under the parent pipeline run (the eval verdict go
 run); the parent carries the verdict, the registered version and the smoke result. Work already done
 for the same inputs is skipped, not redone: the data stage when its manifests record the same input
 bytes and options, training when a finished run has the same fingerprint (config, data bytes, base
-weights), registration when that run already has a version. A failed stage is named with its run, the
-pipeline exits non-zero, and nothing is promoted. Ctrl-C or SIGTERM ends the open runs KILLED and the
+weights), registration when that run already has a version. With ``registry.best=true`` the run's best
+logged model (by ``registry.best_metric``, default the held-out ``eval/loss``: a checkpoint, or the final
+model) is picked after training, and that one is evaluated and registered. A failed stage is named with
+its run, the pipeline exits non-zero, and nothing is promoted. Ctrl-C or SIGTERM ends the open runs KILLED and the
 training status ``interrupted``; re-running the same command picks up from the last finished stage.
 Pipelines started at once on one home all succeed: a second one on the same dataset name waits for the
 first's data stage and reuses it, and a dataset is never rewritten while a pipeline trains on it
@@ -210,7 +213,14 @@ def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: s
                   f"{'held-out rows' if trained.heldout else 'training rows'}", flush=True)
         out.train_run_id = trained.run_id
         parent.set_tags({"ech0.train_run_id": trained.run_id})
-        report = _stage("eval", evaluate, ctx, trained.run_dir, baseline, overrides=[f"gate={gate}"] if gate else None)
+        subject, best = trained.run_dir, cfg.registry
+        if best.best:  # the gate judges what gets registered: the run's best logged model, checkpoint or final
+            picked = _stage("pick", registry.best_model, ctx, trained.run_id, best.best_metric, best.best_mode)
+            print(f"pick: {picked.line()} of run {trained.run_id}", flush=True)
+            if picked.kind == "checkpoint":
+                subject = picked.model_dir or trained.run_dir / "checkpoints" / f"step-{picked.step:07d}" / "model"
+        report = _stage("eval", evaluate, ctx, subject, baseline, overrides=[f"gate={gate}"] if gate else None,
+                        report_dir=trained.run_dir / "reports")
         out.gate_passed, out.reasons, out.report = report.passed, list(report.reasons), str(report.report_path)
         agg = report.aggregates
         print(f"eval: gate {'PASSED' if report.passed else 'FAILED'}, {agg['passed']}/{agg['cases']} cases "
@@ -221,8 +231,11 @@ def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: s
             _skipped("register", f"version {mv.version} already holds run {trained.run_id}")
         else:
             mv = _stage("register", registry.register, ctx, trained.run_id, eval_report=report.report_path,
-                        score=report.aggregates.get("mean_score"))
-            print(f"register: version {mv.version} registered from run {trained.run_id}", flush=True)
+                        score=report.aggregates.get("mean_score"), best=best.best, best_metric=best.best_metric,
+                        best_mode=best.best_mode)
+            t = mv.tags or {}
+            print(f"register: version {mv.version} registered from run {trained.run_id}, "
+                  f"{t.get('ech0.logged_model', 'model')} at step {t.get('ech0.step', '?')}", flush=True)
         out.version = str(mv.version)
         if promote_on_pass and report.passed:
             current = registry.alias_version(ctx, mv.name, "production")

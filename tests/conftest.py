@@ -127,16 +127,22 @@ def repo_root() -> Path:
 # mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ (MLflow 3), and every later
 # subprocess inherits it: a test's in-process store would become the store of the next test's
 # `ech0 ...` subprocess. Each test ends with the variable as the session started.
-_SESSION_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+# mlflow.set_registry_uri() (ech0.registry.store.client) does the same with MLFLOW_REGISTRY_URI and keeps the
+# URI in a module global: a registry test against the auth server would make the next test register there.
+_SESSION_URIS = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
 
 
 @pytest.fixture(autouse=True)
 def _tracking_uri_does_not_leak():
     yield
-    if _SESSION_TRACKING_URI is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = _SESSION_TRACKING_URI
+    for key, value in _SESSION_URIS.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    registry = sys.modules.get("mlflow.tracking._model_registry.utils")
+    if registry is not None:
+        registry._registry_uri = _SESSION_URIS["MLFLOW_REGISTRY_URI"]
 
 
 @pytest.fixture(scope="session")

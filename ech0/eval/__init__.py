@@ -5,8 +5,8 @@
 
 From Python (the pipeline): ``from ech0.eval.evaluate import evaluate; evaluate(ctx, model_ref)``.
 Modules, in the order imports flow: ``cases`` (baselines) and ``checks``, ``safety``, ``gate``;
-``subject`` (resolving and loading a model), ``scoring``, ``champion``, ``report``; ``evaluate`` (the
-stage); ``cli`` (its command line). The baseline format, the exit codes and the measured margins are
+``subject`` (resolving and loading a model), ``scoring``, ``champion``, ``report``, ``genai_view`` (the cases
+in MLflow's evaluation view); ``evaluate`` (the stage); ``cli`` (its command line). The baseline format, the exit codes and the measured margins are
 in README.md, "Evaluation gate".
 """
 

@@ -41,7 +41,8 @@ def _cached(cache: Path) -> dict | None:
         return None
     try:
         hit = json.loads(cache.read_text())
-        return {"aggregates": hit["aggregates"], "cases": hit["cases"]}
+        # "results" (each case's redacted answer and checks, for the genai view) is absent from older entries
+        return {"aggregates": hit["aggregates"], "cases": hit["cases"], "results": hit.get("results")}
     except (OSError, ValueError, KeyError):
         return None
 
@@ -54,7 +55,8 @@ def _evaluate_champion(ctx: Context, mv, settings: dict, score_fn) -> dict:
     results, agg, _ = score_fn(subject)
     return {"aggregates": {k: agg[k] for k in ("pass_rate", "mean_score", "reference_loss", "safety_flags", "cases",
                                                "passed")},
-            "cases": {r["id"]: {"passed": r["passed"], "score": r["score"]} for r in results}}
+            "cases": {r["id"]: {"passed": r["passed"], "score": r["score"]} for r in results},
+            "results": results}  # redacted like the candidate's; evaluate keeps them out of the report
 
 
 def compare(ctx: Context, cfg, candidate, baseline, settings: dict, score_fn, say=lambda msg: None) -> dict:
@@ -78,6 +80,7 @@ def compare(ctx: Context, cfg, candidate, baseline, settings: dict, score_fn, sa
         return {"status": "same_model", **base}
     key = _cache_key(mv, baseline.sha256, settings)
     cache = _cache_file(ctx, mv, baseline.sha256, key)
+    base["key"] = key  # also names the champion's genai view run (ech0.eval.genai_view), logged once per key
     hit = _cached(cache)
     if hit is not None:
         say(f"champion {mv.name} v{mv.version}: cached result ({cache.name})")

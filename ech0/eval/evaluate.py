@@ -13,7 +13,9 @@ From Python (the pipeline)::
 model is anything :func:`ech0.eval.subject.resolve_ref` accepts. Outputs: ``regression_report.json``
 and ``.md`` under ``<run dir>/reports/`` (else ``<home>/reports/eval/<model>/``); in MLflow, the
 metrics ``eval/*``, the per-case table, the reports and the baseline (dataset input, context ``eval``)
-go into the model's training run, or into a new eval-only run when the model has none (a base model).
+go into the model's training run, or into a new eval-only run when the model has none (a base model);
+with ``gate.genai_view`` (default on) the cases also go to MLflow's evaluation view, in a run nested under
+that one (:mod:`ech0.eval.genai_view`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Report:
     aggregates: dict
     data: dict = field(repr=False)
     run_id: str | None = None  # the MLflow run the verdict was logged into (None: not logged)
+    genai_view: dict | None = None  # the evaluation-view runs (gate.genai_view): ech0.eval.genai_view.log_views
 
 
 def output_settings(cfg) -> dict:
@@ -140,6 +143,7 @@ def evaluate(ctx: Context, model_ref: str | Path, baseline: str | Path | None = 
         f"safety flags {agg['safety_flags']} ({timing['cases_per_sec']} cases/s)")
     champ = champion.compare(ctx, cfg, subject, base, output_settings(cfg),
                              lambda s: score_cases(s, base, cfg, scanner), say=say)
+    champ_results = champ.pop("results", None)  # the champion's answers: for the genai view, not the report
     passed, reasons = decide(agg, cfg.gate, champ)
     if champ.get("status") == "error":
         passed, reasons = False, reasons + [f"champion comparison failed: {champ['error']}"]
@@ -162,11 +166,35 @@ def evaluate(ctx: Context, model_ref: str | Path, baseline: str | Path | None = 
     if untrained is not None:
         data["base_model"] = untrained
     json_path, md_path = report_mod.write(data, _report_dir(ctx, cfg, subject, report_dir), REPORT_JSON, REPORT_MD)
-    run_id = None
+    run_id = view = None
     if cfg.tracking.enabled if log is None else log:
         run_id = _log_mlflow(ctx, cfg, subject, base, data, results, json_path, md_path, say)
+        if cfg.gate.get("genai_view", False):
+            view = _genai_view(ctx, run_id, subject, base, results, data, champ_results, scanner, say,
+                              bool(cfg.gate.get("genai_view_checks", False)))
     say(f"report {json_path}")
-    return Report(passed, reasons, json_path, md_path, agg, data, run_id)
+    return Report(passed, reasons, json_path, md_path, agg, data, run_id, view)
+
+
+def _genai_view(ctx: Context, run_id: str, subject: Subject, base, results: list[dict], data: dict,
+                champ_results, scanner, say, checks: bool = False) -> dict | None:
+    """The cases in MLflow's evaluation view, under the verdict's run. A view that fails is said and tagged,
+    never a change of the verdict (already decided and logged)."""
+    from ech0 import tracking
+    from ech0.eval.genai_view import log_views
+
+    try:
+        view = log_views(ctx, run_id, subject, base, results, data, champ_results, scanner, say, checks)
+    except Exception as e:  # MLflow's evaluation harness: an old server, a store error
+        why = f"{type(e).__name__}: {scanner.redact(str(e))[:300]}"
+        say(f"genai view not logged ({why})")
+        tracking.attach(ctx, run_id).set_tags({"ech0.eval.genai_view": f"failed: {why}"})
+        return None
+    c = view["candidate"]
+    tracking.attach(ctx, run_id).set_tags({"ech0.eval.genai_view": c["run_id"]})
+    say(f"genai view: run {c['run_id']}, {c['logged']}/{c['records']} records in {c['seconds']}s"
+        + (f"; champion's run {view['champion']['run_id']}" if view["champion"] else ""))
+    return view
 
 
 def _metrics(data: dict) -> dict:

@@ -1,6 +1,7 @@
 """Model registry: register, list, promote, rollback, package, export, verify — ``ech0 registry ...``.
 
     ech0 registry register --run-id RUN [--eval-report R] [--score S]   # = python scripts/model_registry.py register ...
+    ech0 registry register --run-id RUN --best [--best-metric eval/loss --best-mode min]   # its best checkpoint
     ech0 registry list
     ech0 registry promote --run-id RUN --stage production [--force --reason "..."]
     ech0 registry rollback [--stage production] [--to-version N]
@@ -18,7 +19,8 @@ written, and a refusal is one line naming user, operation and permission (ech0/r
 The public API other stages use; each takes the command's :class:`ech0.context.Context` first
 (its store; its ``registry_name`` when no ``name`` is given)::
 
-    register(ctx, run_id, eval_report=..., score=...) -> ModelVersion
+    register(ctx, run_id, eval_report=..., score=...) -> ModelVersion    # best=True: its best checkpoint
+    best_model(ctx, run_id, metric="eval/loss", mode="min") -> Picked    # .model_id .step .kind .model_dir
     promote(ctx, version=N | run_id=RUN, stage="production") -> Move      # rollback(ctx, stage=...)
     resolve_uri(ctx, "models:/ech0@production" | "models:/ech0/3") -> ModelVersion   (UserError if unknown)
     alias_version(ctx, name, "production") -> ModelVersion | None
@@ -37,7 +39,8 @@ from ech0.registry.cli import main
 from ech0.registry.export import export
 from ech0.registry.history import Move, promote, rollback
 from ech0.registry.package import package, verify
-from ech0.registry.store import ALIASES, alias_version, register, resolve_uri, tag_version, version_of_run
+from ech0.registry.store import (ALIASES, alias_version, best_model, register, resolve_uri, tag_version,
+                                 version_of_run)
 
 __all__ = ["main", "register", "promote", "rollback", "Move", "package", "export", "verify", "resolve_uri",
-           "alias_version", "version_of_run", "tag_version", "ALIASES"]
+           "alias_version", "version_of_run", "tag_version", "best_model", "ALIASES"]

@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
                                          "else RUN_DIR/reports/regression_report.json)")
     r.add_argument("--score", type=float, help="score to record (default: the report's / eval/mean_score)")
     r.add_argument("--description", help="version description (default: a generated one)")
+    r.add_argument("--best", action="store_true", help="register the run's best logged model (its checkpoints "
+                   "and final model) by --best-metric, not the final one")
+    r.add_argument("--best-metric", default="eval/loss", help="the metric --best ranks by (default: eval/loss, "
+                   "the held-out loss)")
+    r.add_argument("--best-mode", choices=("min", "max"), default="min", help="min: lower is better (default)")
     r.add_argument("--json", action="store_true", help="print the version as JSON")
 
     ls = sub.add_parser("list", parents=[common], help="versions with aliases, score, gate, smoke, run id")
@@ -127,12 +132,15 @@ def _run(args) -> None:
     if args.cmd == "register":
         mv = store.register(ctx, args.run_id, run_dir=args.run_dir, base_model=args.base_model, config=args.config,
                             datasets=args.datasets, eval_report=args.eval_report, score=args.score,
-                            description=args.description)
+                            description=args.description, best=args.best, best_metric=args.best_metric,
+                            best_mode=args.best_mode)
         if args.json:
             print(json.dumps({"name": mv.name, "version": mv.version, "run_id": mv.run_id, "tags": mv.tags}, indent=2))
         else:
             t = mv.tags or {}
-            print(f"registered {mv.name} version {mv.version} from run {mv.run_id}: gate {t.get('ech0.gate')}"
+            best = f" ({t['ech0.best_metric']} {t['ech0.best_value']}, the best)" if "ech0.best_metric" in t else ""
+            print(f"registered {mv.name} version {mv.version} from run {mv.run_id}, {t.get('ech0.logged_model', 'model')}"
+                  f" at step {t.get('ech0.step', '?')}{best}: gate {t.get('ech0.gate')}"
                   f", score {t.get('ech0.score', '-')} ({t.get('ech0.gate_source')})")
     elif args.cmd == "list":
         rows = store.table(store.client(ctx), name)

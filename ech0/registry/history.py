@@ -20,6 +20,10 @@ and the history, not the alias, is the source of truth:
   two leaves the alias on the event's ``from`` version, which the history still explains; the next
   operation (or ``ech0 registry history --repair``) rolls it forward. An alias moved outside ech0
   (the UI) is adopted into the history as an ``adopt`` event, so the history explains it too.
+* **Shown in the UI** — every event also rewrites the registered model's description (each alias's
+  version and the history as a Markdown table) and adds a row to ``registry/history.json`` in the
+  runs it moved to and from (ech0/registry/describe.py); both are derived, so a failure there is a
+  note on the move, not an error, and the next move (or ``--repair``) rewrites the page.
 
 Limits: the lock is a lease — a holder stalled longer than ``lock_ttl`` (default 120 s; a move takes
 well under a second) can be overtaken, and the fence check narrows but cannot close that window.
@@ -38,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from ech0.context import Context
 from ech0.errors import UserError
 from ech0.io import utc_now
-from ech0.registry import access, store
+from ech0.registry import access, describe, store
 
 HISTORY_PREFIX = "ech0.history."
 ACTIVE_RUN_TAG = "active_run"
@@ -197,8 +201,12 @@ class Move:
     event: Event | None
     repaired: list[str] = field(default_factory=list)
     stage_mirrored: bool | None = None
+    notes: list[str] = field(default_factory=list)  # what could not be shown in the UI (the move itself is done)
 
     def line(self) -> str:
+        return self._line() + "".join(f"\n  note: {n}" for n in self.notes)
+
+    def _line(self) -> str:
         if self.event is None:
             return f"{self.name}@{self.stage} is already version {self.version}; nothing to do"
         e = self.event
@@ -211,11 +219,13 @@ class Move:
 class _Txn:
     """One locked read-repair-write cycle on a registered model."""
 
-    def __init__(self, c, name: str, who: str, mirror_stages: bool, lock_ttl: float, lock_timeout: float):
-        self.c, self.name, self.who, self.mirror = c, name, who, mirror_stages
+    def __init__(self, c, name: str, who: str, mirror_stages: bool, lock_ttl: float, lock_timeout: float,
+                 ctx: Context | None = None):
+        self.c, self.name, self.who, self.mirror, self.ctx = c, name, who, mirror_stages, ctx
         self.lock = RegistryLock(c, name, who, ttl=lock_ttl, timeout=lock_timeout)
         self.repaired: list[str] = []
         self.mirrored: bool | None = None
+        self.notes: list[str] = []
 
     def __enter__(self):
         store.registered_model(self.c, self.name)  # a clear error before taking the lock
@@ -251,7 +261,27 @@ class _Txn:
         self.events.append(e)
         self.states, _ = replay(self.events)
         self.apply(e)  # ... then the alias it implies
+        if self.ctx is not None:  # ... then what the UI shows of it
+            self.notes += describe.log_event(self.ctx, self.c, self.name, e)
+        self.publish()
         return e
+
+    def publish(self) -> None:
+        """Rewrite the registered model's page from the whole history (a no-op when it already says so)."""
+        from mlflow.exceptions import MlflowException
+
+        old = self.rm.description or ""
+        text = describe.model_description(old, self.name, self.events,
+                                          {s: self.states[s].current for s in store.ALIASES})
+        if text == old:
+            return
+        try:
+            self.lock.fence()
+            self.c.update_registered_model(self.name, description=text)
+            self.rm = self.c.get_registered_model(self.name)
+        except MlflowException as err:
+            self.notes.append(f"registered model page not updated ({str(err).strip().splitlines()[0][:200]}); "
+                              f"`ech0 registry history --repair` rewrites it")
 
     def apply(self, e: Event) -> None:
         self.c.set_registered_model_alias(self.name, e.stage, e.to_version)
@@ -307,7 +337,7 @@ class _Txn:
 
 
 def _txn(ctx: Context, c, name, mirror_stages, lock_ttl, lock_timeout) -> _Txn:
-    return _Txn(c, name, store.who(ctx), mirror_stages, lock_ttl, lock_timeout)
+    return _Txn(c, name, store.who(ctx), mirror_stages, lock_ttl, lock_timeout, ctx)
 
 
 def promote(ctx: Context, *, version: str | int | None = None, run_id: str | None = None,
@@ -336,10 +366,10 @@ def _promote(ctx, c, name, stage, version, run_id, force, reason, mirror_stages,
             raise UserError("--force needs --reason \"...\" (it is recorded in the promotion history)")
     with _txn(ctx, c, name, mirror_stages, lock_ttl, lock_timeout) as t:
         if t.states[stage].current == str(mv.version):
-            return Move(name, stage, str(mv.version), None, t.repaired)
+            return Move(name, stage, str(mv.version), None, t.repaired, notes=t.notes)
         note = reason.strip() if force and verdict != "passed" else (reason.strip() or f"gate {verdict}")
         e = t.append(stage, "promote", str(mv.version), reason=note, forced=force and verdict != "passed")
-        return Move(name, stage, e.to_version, e, t.repaired, t.mirrored)
+        return Move(name, stage, e.to_version, e, t.repaired, t.mirrored, t.notes)
 
 
 def rollback(ctx: Context, *, stage: str = "production", to_version: str | int | None = None,
@@ -368,7 +398,7 @@ def _rollback(ctx, c, name, stage, to_version, reason, mirror_stages, lock_ttl, 
             raise UserError(f"{name}@{stage}: v{target} is not an earlier {stage} version in the history "
                             f"(earlier: {', '.join('v' + v for v in reversed(earlier))})")
         e = t.append(stage, "rollback", target, reason=reason.strip() or "rollback")
-        return Move(name, stage, e.to_version, e, t.repaired, t.mirrored)
+        return Move(name, stage, e.to_version, e, t.repaired, t.mirrored, t.notes)
 
 
 def history(ctx: Context, *, name: str | None = None, repair: bool = False,
@@ -381,13 +411,14 @@ def history(ctx: Context, *, name: str | None = None, repair: bool = False,
         if repair:
             access.require(c, name, doing)
             with _txn(ctx, c, name, mirror_stages, 120.0, 120.0) as t:
-                rm, repaired = t.rm, t.repaired
+                t.publish()  # a page written before ech0 kept it (or edited since) says what the history says
+                rm, repaired, notes = t.rm, t.repaired, t.notes
         else:
-            rm, repaired = store.registered_model(c, name), []
+            rm, repaired, notes = store.registered_model(c, name), [], []
     evts = events(rm)
     states, problems = replay(evts)
     aliases = {k: str(v) for k, v in (rm.aliases or {}).items()}
     for stage, st in states.items():
         if aliases.get(stage) != st.current:
             problems.append(f"alias {stage} is on v{aliases.get(stage)} but the history says v{st.current}")
-    return evts, [f"repaired: {r}" for r in repaired] + problems
+    return evts, [f"repaired: {r}" for r in repaired] + [f"not shown in the UI: {n}" for n in notes] + problems

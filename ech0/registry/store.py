@@ -2,6 +2,8 @@
 
     from ech0.registry import register, resolve_uri, alias_version, version_of_run
     mv = register(ctx, run_id, eval_report="models/RUN/reports/regression_report.json")  # version N
+    mv = register(ctx, run_id, best=True)   # its best logged model (checkpoints + final) by eval/loss
+    picked = best_model(ctx, run_id)        # which one that is: .model_id, .step, .model_dir, .value
     mv = resolve_uri(ctx, "models:/ech0@production")       # or models:/ech0/3; UserError if unknown
     mv = alias_version(ctx, "ech0", "production")          # None when there is no such model or alias
     mv = version_of_run(ctx, run_id)                       # its newest version, or None
@@ -10,7 +12,11 @@ This module is the one place that turns ``models:/NAME@ALIAS`` / ``models:/NAME/
 into model versions; every stage (eval, smoke, pipeline) asks it. ``ctx`` is the command's
 :class:`ech0.context.Context`: its store, and its ``registry_name`` when no name is given.
 
-Every version carries ``ech0.*`` tags: run id and folder, base model, config path and sha256,
+A training run logs each checkpoint as an MLflow 3 ``LoggedModel`` (``checkpoint-<step>``) with its
+held-out loss linked, and its final model as ``model``; ``best`` ranks them with
+``search_logged_models(filter_string="source_run_id='RUN'", order_by=[metrics.eval/loss])``.
+Every version carries ``ech0.*`` tags: run id and folder, the logged model (id, name, kind, ``ech0.step``),
+base model, config path and sha256,
 dataset digests, the eval report and its sha256, the gate verdict (``passed``/``failed``/``none``)
 with where it came from, the score, and later the serving smoke result.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +247,95 @@ def gate_verdict(c, mv) -> tuple[str, str]:
 
 # -- register --------------------------------------------------------------------------------------
 
+BEST_METRIC, BEST_MODES = "eval/loss", ("min", "max")  # the held-out loss each checkpoint and the final model carry
+
+
+@dataclass
+class Picked:
+    """One of a run's logged models, chosen to be registered."""
+
+    model_id: str
+    name: str  # "model" (the final one) or "checkpoint-<step>"
+    step: int | None  # the training step it was logged at
+    kind: str  # final | checkpoint
+    model_dir: str | None  # its loadable model folder on this machine, when training recorded one
+    metric: str | None = None  # what ranked it, and its value (None: the final model, not ranked)
+    value: float | None = None
+
+    @property
+    def source(self) -> str:
+        return f"models:/{self.model_id}"
+
+    def line(self) -> str:
+        by = f" ({self.metric} {self.value:.6g}, the best)" if self.metric else ""
+        return f"{self.name} at step {self.step if self.step is not None else '?'}{by}"
+
+
+def _step_of(lm, run) -> int | None:
+    step = (lm.tags or {}).get("ech0.step")
+    if step is None:
+        step = next((o.step for o in getattr(run.outputs, "model_outputs", None) or [] if o.model_id == lm.model_id),
+                    None)
+    return int(step) if step is not None else None
+
+
+def _picked(lm, run, metric: str | None = None, value: float | None = None) -> Picked:
+    tags = lm.tags or {}
+    return Picked(lm.model_id, lm.name, _step_of(lm, run), tags.get("ech0.kind") or
+                  ("final" if lm.name == MODEL_ARTIFACT else "checkpoint"), tags.get("ech0.model_dir"), metric, value)
+
+
+def best_logged_model(c, run, metric: str = BEST_METRIC, mode: str = "min") -> Picked:
+    """The run's logged model (its checkpoints and its final model) with the lowest (``mode=max``: highest)
+    ``metric`` linked to it; ``UserError`` when none of them has that metric."""
+    if mode not in BEST_MODES:
+        raise UserError(f"best mode {mode!r}: expected min (lower is better) or max")
+    run_id, found, token = run.info.run_id, None, None
+    while found is None:
+        page = c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id='{run_id}'",
+                                      order_by=[{"field_name": f"metrics.{metric}", "ascending": mode == "min"}],
+                                      max_results=100, page_token=token)
+        for lm in page:  # ranked; a model without the metric sorts last
+            points = [m for m in lm.metrics or [] if m.key == metric]
+            if points:  # the value it was ranked by: the latest point, as the store orders them
+                found = _picked(lm, run, metric, max(points, key=lambda m: (m.timestamp, m.step)).value)
+                break
+        token = getattr(page, "token", None)
+        if not token:
+            break
+    if found is None:
+        raise UserError(f"run {run_id}: none of its logged models has the metric {metric!r}; train with held-out "
+                        "rows (data.eval_file or data.eval_fraction) and tracking.log_model=true, or pick another "
+                        "--best-metric")
+    return found
+
+
+def best_model(ctx: Context, run_id: str, metric: str = BEST_METRIC, mode: str = "min") -> Picked:
+    """:func:`best_logged_model` of run ``run_id`` in ``ctx``'s store (the pipeline picks before it evaluates)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(ctx)
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as e:
+        if is_not_found(e):
+            raise UserError(f"run {run_id!r} not found in {c.tracking_uri}") from None
+        raise
+    return best_logged_model(c, run, metric, mode)
+
+
+def _picked_tags(picked: Picked | None) -> dict[str, Any]:
+    """What a version records of the logged model it was made from: id, name, kind, step (and what ranked it)."""
+    if picked is None:
+        return {}
+    tags = {"ech0.logged_model_id": picked.model_id, "ech0.logged_model": picked.name, "ech0.kind": picked.kind}
+    if picked.step is not None:
+        tags["ech0.step"] = picked.step
+    if picked.metric:
+        tags["ech0.best_metric"], tags["ech0.best_value"] = picked.metric, f"{picked.value:.6g}"
+    return tags
+
+
 def _logged_model_source(c, run) -> tuple[str, str | None]:
     """(source, model_id) of the run's pyfunc logged at artifact path ``model``."""
     run_id = run.info.run_id
@@ -256,10 +352,13 @@ def _logged_model_source(c, run) -> tuple[str, str | None]:
 def register(ctx: Context, run_id: str | None = None, *, run_dir: str | Path | None = None,
              base_model: str | None = None, config: str | Path | None = None, datasets: list[str] | None = None,
              eval_report: str | Path | None = None, score: float | None = None, name: str | None = None,
-             description: str | None = None):
-    """Create a new version of ``name`` (default ``ctx.registry_name``) from the run's logged model,
-    with its provenance as tags. On a server with the auth app the user needs EDIT on ``name`` (when it
-    exists) and READ on the run's experiment; a refusal writes nothing."""
+             description: str | None = None, best: bool = False, best_metric: str = BEST_METRIC,
+             best_mode: str = "min"):
+    """Create a new version of ``name`` (default ``ctx.registry_name``) from the run's logged model
+    (``model``, the final one; ``best``: the one of its checkpoints and final model with the lowest
+    ``best_metric``, ``best_mode=max`` the highest), with its provenance and step as tags. On a server
+    with the auth app the user needs EDIT on ``name`` (when it exists) and READ on the run's experiment;
+    a refusal writes nothing."""
     name = name or ctx.registry_name
     if run_dir is not None:
         run_dir = Path(run_dir)
@@ -272,10 +371,11 @@ def register(ctx: Context, run_id: str | None = None, *, run_dir: str | Path | N
     doing = f"register run {run_id} as a new version of {name!r}"
     with access.refusals(c, name, doing):
         return _register(ctx, c, name, doing, run_id, run_dir, base_model, config, datasets, eval_report, score,
-                         description)
+                         description, best=(best_metric, best_mode) if best else None)
 
 
-def _register(ctx, c, name, doing, run_id, run_dir, base_model, config, datasets, eval_report, score, description):
+def _register(ctx, c, name, doing, run_id, run_dir, base_model, config, datasets, eval_report, score, description,
+              best: tuple[str, str] | None = None):
     from mlflow.exceptions import MlflowException
 
     access.require(c, name, doing, unknown_ok=True)  # before anything is read or written: the reason that matters
@@ -291,12 +391,18 @@ def _register(ctx, c, name, doing, run_id, run_dir, base_model, config, datasets
     if run_dir is None:
         guess = Path(rtags.get("ech0.run_dir") or ctx.run_dir(run_id))
         run_dir = guess if guess.is_dir() else None
-    source, model_id = _logged_model_source(c, run)
+    if best is not None:
+        picked = best_logged_model(c, run, *best)
+        source, model_id = picked.source, picked.model_id
+    else:
+        source, model_id = _logged_model_source(c, run)
+        picked = _picked(c.get_logged_model(model_id), run) if model_id else None
 
     tags: dict[str, Any] = {"ech0.run_id": run_id, "ech0.run_dir": run_dir or "",
                             "ech0.base_model": base_model or rtags.get("ech0.base_model", ""),
                             "ech0.base_model_hash": rtags.get("ech0.base_model_hash", ""),
                             "ech0.preset": rtags.get("ech0.preset", ""), "ech0.git_commit": rtags.get("ech0.git_commit", "")}
+    tags.update(_picked_tags(picked))
     cfg_path = Path(config) if config else (run_dir / "config.yaml" if run_dir else None)
     if config and not cfg_path.is_file():
         raise UserError(f"{config}: config not found")
@@ -335,8 +441,11 @@ def _register(ctx, c, name, doing, run_id, run_dir, base_model, config, datasets
     tags["ech0.registered_at"] = utc_now()
     tags["ech0.registered_by"] = who(ctx)
     description = description or (
-        f"ech0 {tags['ech0.preset'] or 'model'} fine-tune of {tags['ech0.base_model'] or '?'} from run {run_id}; "
+        f"ech0 {tags['ech0.preset'] or 'model'} fine-tune of {tags['ech0.base_model'] or '?'} from run {run_id}"
+        + (f", {picked.line()}" if picked else "") + "; "
         f"gate {tags['ech0.gate']}" + (f", score {tags['ech0.score']}" if "ech0.score" in tags else ""))
+    from ech0.registry.describe import version_description  # that line, then data/config/base/gate with links
+    description = version_description(c, run, tags, description)
 
     try:
         c.create_registered_model(name, description="ech0 fine-tuned causal LM; aliases: production, staging")

@@ -24,10 +24,10 @@ import pytest
 
 
 class Server:
-    def __init__(self, root: Path, app_name: str | None = None, extra_env: dict | None = None):
+    def __init__(self, root: Path, app_name: str | None = None, extra_env: dict | None = None, port: int | None = None):
         from ech0.smoke import free_port
 
-        self.port = free_port()
+        self.port = port or free_port()  # a restart passes the port (and root) of the server it replaces
         self.url = f"http://127.0.0.1:{self.port}"
         self.root = root
         self.log = root / "server.log"
