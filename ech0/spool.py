@@ -196,7 +196,9 @@ def delete_logged_models(client, run_id: str, name: str) -> int:
 
 
 class Delivery:
-    """Delivers records in order into the run through one client. ``step()`` does one batch."""
+    """Delivers records in order into the run through one client. ``step()`` does one batch. Every call is
+    ``synchronous=True``: with ``MLFLOW_ENABLE_ASYNC_LOGGING`` set, MLflow's client would otherwise only queue
+    the batch, and a record would be marked delivered before the store has it."""
 
     def __init__(self, spool: Spool):
         from mlflow.tracking import MlflowClient
@@ -245,12 +247,13 @@ class Delivery:
         c, run_id, kind = self.client, self.run_id, rec["kind"]
         if kind == "metrics":
             c.log_batch(run_id, metrics=[Metric(k, v, ts, step, model_id=self._model_id(m) if m is not None else None)
-                                         for k, v, ts, step, m in rec["metrics"]])
+                                         for k, v, ts, step, m in rec["metrics"]], synchronous=True)
         elif kind == "params":
             existing = c.get_run(run_id).data.params  # a resumed run keeps its params
-            c.log_batch(run_id, params=[Param(k, v) for k, v in rec["params"].items() if k not in existing])
+            c.log_batch(run_id, params=[Param(k, v) for k, v in rec["params"].items() if k not in existing],
+                        synchronous=True)
         elif kind == "tags":
-            c.log_batch(run_id, tags=[RunTag(k, v) for k, v in rec["tags"].items()])
+            c.log_batch(run_id, tags=[RunTag(k, v) for k, v in rec["tags"].items()], synchronous=True)
         elif kind == "artifact":
             c.log_artifact(run_id, rec["path"], artifact_path=rec.get("artifact_path"))
         elif kind == "table":
@@ -284,7 +287,7 @@ class Delivery:
         tables = json.loads(self.client.get_run(self.run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
         entry = {"path": artifact_file, "type": "table"}
         if entry not in tables:
-            self.client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(tables + [entry]))
+            self.client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(tables + [entry]), synchronous=True)
 
     def _model(self, seq: int, rec: dict) -> str:
         import mlflow.pyfunc

@@ -82,7 +82,7 @@ def test_a_failed_gate_reads_as_failed_with_its_reasons_and_the_run_params_show(
     tracking.attach(store.ctx, run_id).client.log_batch(run_id, params=[
         Param(k, v) for k, v in (
             ("trainer.learning_rate", "0.005"), ("trainer.max_steps", "120"), ("trainer.grad_accum", "1"),
-            ("peft._target_", "ech0.train.adapters.lora"), ("peft.r", "16"), ("seed", "42"))])
+            ("peft._target_", "ech0.train.adapters.lora"), ("peft.r", "16"), ("seed", "42"))], synchronous=True)
     report = _gate_report(tmp_path / "r.json", False, 0.5, ["pass rate 0.500 < 0.8", "count 1/5"])
     code, _, err = registry_cli("register", "--run-id", run_id, "--name", model_name, "--tracking-uri", store.uri,
                                 "--eval-report", str(report), "--description", "candidate from the night run")
