@@ -104,12 +104,12 @@ class Spool:
             self.records.append(record)
             return len(self.records) - 1
 
-    def keep_file(self, path: str | Path, seq_hint: int | None = None) -> str:
+    def keep_file(self, path: str | Path) -> str:
         """A copy of a small file in the spool (a large one is referenced where it is); returns the path."""
         path = Path(path)
         if path.is_dir() or path.stat().st_size >= COPY_BELOW_BYTES:
             return str(path.resolve())
-        folder = self.folder / FILES / str(len(self.records) if seq_hint is None else seq_hint)
+        folder = self.folder / FILES / str(len(self.records))
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{path.name}.tmp"
         shutil.copyfile(path, tmp)
@@ -227,7 +227,7 @@ class Delivery:
                     n += 1
                 rec = {"kind": "metrics", "metrics": batch}
             try:
-                model_id = self.one(seq, rec, records[done + 1:], start)
+                model_id = self.one(seq, rec, records[done + 1:])
                 if model_id:
                     models[seq] = model_id
             except Exception as e:
@@ -241,7 +241,7 @@ class Delivery:
     def _model_id(self, ref: int) -> str | None:
         return self.spool.state["models"].get(str(ref))
 
-    def one(self, seq: int, rec: dict, later: list[dict], start: int) -> str | None:
+    def one(self, seq: int, rec: dict, later: list[dict]) -> str | None:
         from mlflow.entities import Metric, Param, RunTag
 
         c, run_id, kind = self.client, self.run_id, rec["kind"]
@@ -331,7 +331,6 @@ class Courier(threading.Thread):
         self.wake = threading.Event()
         self.stopping = False
         self.failures = 0  # attempts in a row that found the store unreachable
-        self.error: BaseException | None = None  # the last unexpected error (kept retrying)
 
     def start(self) -> "Courier":
         super().start()
@@ -351,9 +350,8 @@ class Courier(threading.Thread):
                     raise ConnectionError(self.spool.tracking_uri)
                 delivery.step()
                 self.failures = 0
-            except Exception as e:  # unreachable, or failed mid-call: wait and take the same records again
+            except Exception:  # unreachable, or failed mid-call: wait and take the same records again
                 self.failures += 1
-                self.error = e
                 time.sleep(RETRY_SECONDS[min(self.failures, len(RETRY_SECONDS)) - 1])
                 self.wake.set()
 
