@@ -2,9 +2,12 @@
 
     python -m benchmarks.eval_throughput --cases 64 --out benchmarks/results/eval_throughput.json
     python -m benchmarks.eval_throughput --cases 64 --model-dir models/<run_id> --batch-size 32
+    python -m benchmarks.eval_throughput --cases 64 --model smollm2-135m --baseline ech0/eval/baselines/persona.jsonl \
+        --out benchmarks/results/eval_throughput_smollm2.json      # the real model, its content gate's cases
 
 Cases are the shipped baseline's, cycled to ``--cases``. The model defaults to the newest finished
-run under ``$ECH0_HOME/models`` (else the untrained base, whose answers are much shorter). Both
+run under ``$ECH0_HOME/models`` (else the untrained base, whose answers are much shorter); ``--model
+NAME`` takes a conf/model preset's base instead (``smollm2-135m``: SmolLM2-135M-Instruct). Both
 paths generate greedily with the same per-case ``max_new_tokens``; ``outputs_identical`` is the share
 of cases where the batched output equals the one-at-a-time output. Each path is timed ``--repeats``
 times after one warm-up; the best run counts. Writes JSON and prints a markdown table row.
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cases", type=int, default=64)
     p.add_argument("--out", required=True)
     p.add_argument("--model-dir", default=None)
+    p.add_argument("--model", default=None, help="a conf/model preset (e.g. smollm2-135m): its base model")
     p.add_argument("--baseline", default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -57,7 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     base = load_baseline(args.baseline or DEFAULT_BASELINE)
     cases = [base.cases[i % len(base.cases)] for i in range(args.cases)]
     ctx = Context.from_env()
-    model_ref = args.model_dir or _default_model(ctx)
+    if args.model:
+        from ech0.config import compose
+        from ech0.models import resolve_config
+
+        model_ref = resolve_config(compose("train", [f"model={args.model}"]).model, ctx.base_models, verbose=False)
+    else:
+        model_ref = args.model_dir or _default_model(ctx)
     subject = load_subject(ctx, model_ref)
     mnt = args.max_new_tokens
 
@@ -86,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "model": model_ref, "cases": args.cases, "batch_size": args.batch_size, "max_new_tokens": mnt,
         "repeats": args.repeats, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "baseline": str(args.baseline or DEFAULT_BASELINE),
         "batched_seconds": round(t_batched, 3), "naive_seconds": round(t_naive, 3),
         "cases_per_sec": {"batched": round(args.cases / t_batched, 2), "naive": round(args.cases / t_naive, 2)},
         "speedup_vs_naive": round(t_naive / t_batched, 2),

@@ -57,6 +57,18 @@ def test_smollm2_from_its_packaged_gguf(smollm2_dir, run_cli):
     assert "blue" in out.stdout.split("answer", 1)[1].lower(), out.stdout  # "What color is the sky?"
 
 
+def test_a_model_made_from_the_converted_smollm2_saves_as_a_plain_folder(smollm2_dir, tmp_path):
+    """The folder holds plain fp32 weights, so its config must not name the GGUF quantisation: with it,
+    transformers loads a GGUF quantiser and refuses save_pretrained (a full fine-tune could not save)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    assert "quantization_config" not in json.loads((smollm2_dir / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").stat().st_size > 500e6
+
+
 def test_a_file_that_is_not_gguf_is_one_line_exit_2(tmp_path, run_cli):
     bad = tmp_path / "weights.gguf"
     bad.write_bytes(b"not a gguf file" * 100)

@@ -38,6 +38,11 @@ def test_every_evaluation_adds_its_answers_to_one_mlflow_table(trained_run):
     assert sorted(m.step for m in seconds) == steps and all(m.value > 0 for m in seconds)
     share = c.get_metric_history(trained_run.run_id, "train/generation_share")[0].value
     assert 0 < share < 1
+    # what recording the run cost its loop, measured inside it: the main thread's tracker and status.json
+    # calls, and the spool courier's CPU time during the loop (none if its first poll came after the loop)
+    logging = c.get_metric_history(trained_run.run_id, "train/logging_share")[0].value
+    courier = c.get_metric_history(trained_run.run_id, "train/courier_cpu_share")[0].value
+    assert 0 < logging < 0.5 and 0 <= courier < 1
 
 
 def test_references_and_prompts_are_redacted_before_mlflow(tiny_model_dir):

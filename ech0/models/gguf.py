@@ -43,6 +43,7 @@ def convert(gguf_path: str | Path, base_models: Path, name: str | None = None, v
     digest = sha256_file(src)
     out = Path(base_models) / f"{name or src.stem.lower()}-{digest[:12]}"
     if (out / "config.json").is_file() and (out / "ech0_base.json").is_file():
+        _drop_quantization_config(out / "config.json")  # a folder converted before that was fixed
         return out
     if importlib.util.find_spec("gguf") is None:
         raise UserError(f"{src.name}: reading GGUF files needs the gguf package: pip install gguf (make setup does)")
@@ -60,7 +61,13 @@ def convert(gguf_path: str | Path, base_models: Path, name: str | None = None, v
     except Exception as e:  # an architecture or quantisation transformers cannot dequantise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise UserError(f"{src.name}: transformers cannot load this GGUF file ({type(e).__name__}: {first})") from None
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    # The dequantised weights are plain fp32: a folder whose config still names the GGUF quantisation
+    # loads with a GGUF quantiser, and transformers then refuses save_pretrained on every model made
+    # from it (a full fine-tune's save failed so; a LoRA adapter saved, which is why it went unseen).
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     n_params = sum(p.numel() for p in model.parameters())
     with atomic_dir(out, overwrite=True) as tmp:
@@ -71,3 +78,14 @@ def convert(gguf_path: str | Path, base_models: Path, name: str | None = None, v
     if verbose:
         print(f"base model ready: {n_params / 1e6:.1f}M params, {time.time() - t0:.0f}s -> {out}", flush=True)
     return out
+
+
+def _drop_quantization_config(config_file: Path) -> None:
+    import json
+
+    from ech0.io import atomic_write_json
+
+    config = json.loads(config_file.read_text())
+    if "quantization_config" in config:
+        del config["quantization_config"]
+        atomic_write_json(config_file, config)

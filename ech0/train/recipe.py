@@ -17,6 +17,7 @@ divided once), so neither ``grad_accum`` nor the number of processes changes it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -44,6 +45,8 @@ class FitResult:
     wall_seconds: float
     train_seconds: float = 0.0  # wall time of the step loop incl. its logging (no loading, final evaluation, model save)
     train_tokens: int = 0  # real (non-padding) tokens the step loop processed
+    logging_seconds: float = 0.0  # of train_seconds, the main thread's time in tracker and status.json calls
+    courier_cpu_seconds: float = 0.0  # CPU time the spool's courier thread took during the step loop
     model: object = field(default=None, repr=False)  # the in-process fine-tuned model (tests, pipeline)
     tokenizer: object = field(default=None, repr=False)
     rank: int = 0  # process rank under torchrun: only rank 0 logged, saved and prints the summary
@@ -195,6 +198,8 @@ class TrainRecipe:
         self.tokens = 0  # real tokens the loop processed in this process
         self.step_seconds = 0.0  # summed step times (the ETA)
         self.loop_seconds = 0.0  # wall time of the step loop, logging included (the benchmark's tokens/s)
+        self.logging_seconds = 0.0  # of that, the main thread's time in tracker and status.json calls
+        self.courier_cpu_seconds = 0.0  # CPU time the spool's courier thread spent delivering during the loop
         self.name = cfg.tracking.run_name or cfg.preset
         self.loss_before = self.loss_after = float("nan")
         self.tracker = tracking.NullTracker()
@@ -396,7 +401,7 @@ class TrainRecipe:
         epoch, index = divmod(step, self.steps_per_epoch)
         if getattr(self, "_epoch", (None,))[0] != epoch:
             self._epoch = (epoch, epoch_batches(len(self.train_set), self.tc.batch_size, self.cfg.seed, epoch,
-                                                self.lengths))
+                                                None if self.tc.packing else self.lengths))
         return [self.train_set[i] for i in self._epoch[1][index]]
 
     def collate(self, rows: list):
@@ -464,6 +469,7 @@ class TrainRecipe:
                 if loss is not None:
                     self.log_generations(self.step)
         self.loop_seconds = time.perf_counter() - t_loop
+        self.courier_cpu_seconds = getattr(getattr(self.tracker, "courier", None), "cpu_seconds", 0.0)
         bar.close()
 
     def after_step(self, out: dict, bar) -> None:
@@ -475,14 +481,25 @@ class TrainRecipe:
         eta = (tc.max_steps - step) * self.step_seconds / max(1, step - self.start_step)
         epoch = step / self.steps_per_epoch
         self.history["train"].append((step, out["loss"]))
-        if step % tc.log_every == 0 or step == tc.max_steps:
-            self.tracker.log_metrics({"train/loss": out["loss"], "train/learning_rate": out["learning_rate"],
-                                      "train/grad_norm": out["grad_norm"], "train/tokens_per_sec": tps,
-                                      "train/epoch": epoch}, step=step)
-        self.status.update(state="running", step=step, epoch=round(epoch, 4), loss=out["loss"],
-                           learning_rate=out["learning_rate"], tokens_per_sec=round(tps, 1), eta_seconds=round(eta, 1))
+        with self.logging_time():
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                self.tracker.log_metrics({"train/loss": out["loss"], "train/learning_rate": out["learning_rate"],
+                                          "train/grad_norm": out["grad_norm"], "train/tokens_per_sec": tps,
+                                          "train/epoch": epoch}, step=step)
+            self.status.update(state="running", step=step, epoch=round(epoch, 4), loss=out["loss"],
+                               learning_rate=out["learning_rate"], tokens_per_sec=round(tps, 1),
+                               eta_seconds=round(eta, 1))
         bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
         bar.update(1)
+
+    @contextlib.contextmanager
+    def logging_time(self):
+        """Adds the block's wall time to ``logging_seconds``: what recording the run costs the loop."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.logging_seconds += time.perf_counter() - t
 
     def save_checkpoint(self, loss: float | None = None) -> None:
         """Checkpoint this step (``loss``: its held-out loss); with ``tracking.log_model`` also an MLflow
@@ -510,10 +527,12 @@ class TrainRecipe:
             # measured on the tiny LoRA (2-core CPU, sqlite): logging directly costs the loop 0.4-0.6 s a checkpoint
             # (1.8 MB: ech0's code 1.2 MB, the adapter); through the spool 0.01-0.08 s (the courier uploads);
             # the model folder adds 0.06-0.16 s to the checkpoint write
-            _log_model(self.tracker, target / checkpoint.MODEL, self.base_path, name=name, step=self.step,
-                       metrics=metrics, kind="checkpoint")
+            with self.logging_time():
+                _log_model(self.tracker, target / checkpoint.MODEL, self.base_path, name=name, step=self.step,
+                           metrics=metrics, kind="checkpoint")
         elif metrics:
-            self.tracker.log_metrics(metrics, step=self.step)
+            with self.logging_time():
+                self.tracker.log_metrics(metrics, step=self.step)
         # the model's deletion is asked for before its folder goes: a spool not done uploading it then skips it
         checkpoint.prune(folder, self.tc.keep_checkpoints,
                          before=lambda r: self._drop_logged_model(f"checkpoint-{r.step}") if with_model else None)
@@ -539,7 +558,8 @@ class TrainRecipe:
         """Record a measured loss; the final one (``max_steps``) is logged by :meth:`log`, linked to the model."""
         self.history["eval"].append((step, loss))
         if step != self.tc.max_steps or not self.cfg.tracking.log_model:
-            self.tracker.log_metrics({self.measured_key: loss}, step=step)
+            with self.logging_time():
+                self.tracker.log_metrics({self.measured_key: loss}, step=step)
 
     def log_generations(self, step: int) -> None:
         """Greedy answers to a few held-out prompts at ``step``: the whole table so far as ``generations.json``
@@ -557,10 +577,11 @@ class TrainRecipe:
         seconds = self.generations.add(step, self.model)
         if not self.dist.is_main:
             return
-        table = self.generations.frame()
-        atomic_write_text(self.run_dir / "generations.json", table.to_json(orient="split", index=False))
-        self.tracker.log_table(table, "generations.json")
-        self.tracker.log_metrics({"eval/generation_seconds": seconds}, step=step)
+        with self.logging_time():
+            table = self.generations.frame()
+            atomic_write_text(self.run_dir / "generations.json", table.to_json(orient="split", index=False))
+            self.tracker.log_table(table, "generations.json")
+            self.tracker.log_metrics({"eval/generation_seconds": seconds}, step=step)
 
     @property
     def measured_key(self) -> str:
@@ -588,9 +609,12 @@ class TrainRecipe:
             if self.cfg.tracking.log_model:  # the final model at max_steps: `registry register --best` ranks it too
                 _log_model(self.tracker, self.run_dir / "model", self.base_path, step=self.tc.max_steps,
                            metrics={self.measured_key: self.loss_after}, kind="final")
-        if getattr(self, "generations", None) is not None and self.loop_seconds:  # what the table cost the loop
-            self.tracker.log_metrics({"train/generation_share": sum(self.generations.seconds[1:-1]) / self.loop_seconds},
-                                     step=self.tc.max_steps)
+        if self.loop_seconds:  # what the generations table and the recording cost the loop
+            shares = {"train/logging_share": self.logging_seconds / self.loop_seconds,
+                      "train/courier_cpu_share": self.courier_cpu_seconds / self.loop_seconds}
+            if getattr(self, "generations", None) is not None:
+                shares["train/generation_share"] = sum(self.generations.seconds[1:-1]) / self.loop_seconds
+            self.tracker.log_metrics(shares, step=self.tc.max_steps)
         self.tracker.set_tags({"ech0.loss_before": f"{self.loss_before:.4f}", "ech0.loss_after": f"{self.loss_after:.4f}",
                                "ech0.loss_measured_on": "held-out" if self.eval_set else "training"})
 
@@ -625,7 +649,8 @@ class TrainRecipe:
                 raise
         return FitResult(self.run_id, self.run_dir, self.ctx.tracking_uri, self.loss_before, self.loss_after,
                          self.tc.max_steps, time.time() - t_start, train_seconds=self.loop_seconds,
-                         train_tokens=self.tokens, model=self.model, tokenizer=self.tok, rank=self.dist.rank,
+                         train_tokens=self.tokens, logging_seconds=self.logging_seconds,
+                         courier_cpu_seconds=self.courier_cpu_seconds, model=self.model, tokenizer=self.tok, rank=self.dist.rank,
                          heldout=bool(self.eval_set))
 
 
