@@ -218,19 +218,8 @@ def run_ech0(work: Path, spec: dict, tune: str, tracking: bool, packing: bool) -
     model = result.model.merge_and_unload() if tune == "lora" else result.model
     return {"tokens_per_sec": result.train_tokens / result.train_seconds, "train_seconds": result.train_seconds,
             "steps": steps, "model": model, "tok": result.tokenizer, "final_loss": status.get("loss"),
-            "precision": _run_precision(result), "logging_seconds": result.logging_seconds,
+            "precision": result.precision, "logging_seconds": result.logging_seconds,
             "courier_cpu_seconds": result.courier_cpu_seconds}
-
-
-def _run_precision(result) -> str:
-    from mlflow.tracking import MlflowClient
-
-    try:
-        return MlflowClient(result.tracking_uri).get_run(result.run_id).data.params["derived.precision"]
-    except Exception:  # tracking off: no run to ask; ech0 decides the same way (precision.choose)
-        from ech0.train.precision import choose
-
-        return choose("auto", "cpu")[1]
 
 
 def _hf_args(work: Path, spec: dict, lr: float) -> dict:

@@ -47,6 +47,7 @@ class FitResult:
     train_tokens: int = 0  # real (non-padding) tokens the step loop processed
     logging_seconds: float = 0.0  # of train_seconds, the main thread's time in tracker and status.json calls
     courier_cpu_seconds: float = 0.0  # CPU time the spool's courier thread took during the step loop
+    precision: str = ""  # the arithmetic it trained in, and why (derived.precision)
     model: object = field(default=None, repr=False)  # the in-process fine-tuned model (tests, pipeline)
     tokenizer: object = field(default=None, repr=False)
     rank: int = 0  # process rank under torchrun: only rank 0 logged, saved and prints the summary
@@ -650,7 +651,8 @@ class TrainRecipe:
         return FitResult(self.run_id, self.run_dir, self.ctx.tracking_uri, self.loss_before, self.loss_after,
                          self.tc.max_steps, time.time() - t_start, train_seconds=self.loop_seconds,
                          train_tokens=self.tokens, logging_seconds=self.logging_seconds,
-                         courier_cpu_seconds=self.courier_cpu_seconds, model=self.model, tokenizer=self.tok, rank=self.dist.rank,
+                         courier_cpu_seconds=self.courier_cpu_seconds, precision=self.precision_why,
+                         model=self.model, tokenizer=self.tok, rank=self.dist.rank,
                          heldout=bool(self.eval_set))
 
 
