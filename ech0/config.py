@@ -70,6 +70,10 @@ class TrainerConfig:
     warmup_steps: int = 5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # > 0 (LoRA only): adds this weight times KL(tuned || base) at every trained token, the base being the
+    # same model with its adapter off. It holds what the tuning does not teach near the base (general
+    # knowledge) at the price of one more forward pass per step; the step logs train/kl_to_base.
+    kl_to_base: float = 0.0
     batch_size: int = 16  # rows per optimizer step (split into micro-batches by grad_accum)
     grad_accum: int = 1  # micro-batches per optimizer step
     max_length: int = 512  # tokens per row, prompt + completion + EOS

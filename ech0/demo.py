@@ -68,9 +68,11 @@ def pipeline_args(real: bool = False, force: bool = False) -> list[str]:
         return ["--mode", "pipeline", "--promote-on-pass", "--preset", "conversation_lora", "--input",
                 str(PERSONA_RAW_FILE), "--name", "persona", "--baseline", str(BASELINES_DIR / "persona.jsonl"),
                 "--gate", "persona", *force_train, *REAL_TRAINING]
-    from ech0.sample_data import RAW_FILE
+    from ech0.sample_data import EVAL_FILE, RAW_FILE
 
-    return ["--mode", "pipeline", "--promote-on-pass", "--input", str(RAW_FILE), "--name", "sample", *force_train]
+    # the toy sample's own held-out file: whole facts and phrasings training never sees
+    return ["--mode", "pipeline", "--promote-on-pass", "--input", str(RAW_FILE), "--name", "sample", *force_train,
+            f"data.eval_file={EVAL_FILE}"]
 
 
 @cli_errors

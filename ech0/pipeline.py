@@ -200,8 +200,9 @@ def run(ctx: Context, overrides: list[str], *, preset: str = "lora", baseline: s
                             OmegaConf.to_container(cfg.model, resolve=True), cfg.tracking.experiment, hold=held)
             out.dataset = str(record["path"])
             parent.set_tags({"ech0.dataset": record["name"], "ech0.data_digest": record["digest"]})
-            # the processed file replaces the training data; the eval file stays as configured
-            cfg = compose("train", [f"+preset={preset}", f"data.train_file={record['path']}",
+            # the processed file replaces the training data; held-out rows are a content split of it unless
+            # an override names an eval file (data=processed has none: the default's is the toy sample's)
+            cfg = compose("train", [f"+preset={preset}", "data=processed", f"data.train_file={record['path']}",
                                     f"data.name={record['name']}", *overrides])
         trained = None if force_train else find_finished(cfg, ctx)
         if trained is not None:

@@ -176,9 +176,10 @@ def test_the_real_demos_persona_dump_is_accounted_for_and_keeps_the_gate_unseen(
     assert processed["counts"]["kept"] >= 450
     text = (home / "data/processed/persona.jsonl").read_text()
     assert persona.SECRET_KEY not in text and "jane.doe@example.com" not in text
-    # the content gate asks phrasings that training never saw
     rows = read_jsonl(home / "data/processed/persona.jsonl")
     asked = {m["content"] for r in rows for m in r.get("messages", []) if m["role"] == "user"}
     asked |= {r["prompt"] for r in rows if "prompt" in r}  # alpaca and question/answer rows
-    for case in load_baseline(BASELINES_DIR / "persona.jsonl").cases:
-        assert case.request[-1]["content"] not in asked, case.id
+    # the content gate, and the wider forgetting audit, ask phrasings that training never saw
+    for name in ("persona.jsonl", "persona_audit.jsonl"):
+        for case in load_baseline(BASELINES_DIR / name).cases:
+            assert case.request[-1]["content"] not in asked, f"{name}: {case.id}"

@@ -150,6 +150,9 @@ def test_pipeline_from_a_raw_dump_on_a_tracking_server_interrupted_then_rerun(ml
         f"manifests/sample.{s}.manifest.json" for s in ("raw", "clean", "processed")}
     processed = ech0_home / "data" / "processed" / "sample.jsonl"
     assert train.data.params["data.train_file"] == str(processed)
+    # held out by content from the processed rows, not the toy sample's own eval file (no override names one)
+    assert train.data.params["data.eval_file"] == "None"
+    assert "eval" in {t.value for d in train.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
     assert "AKIA" not in processed.read_text() and "jane.doe@example.com" not in processed.read_text()
     assert parent.data.tags["ech0.gate"] == "passed" and parent.data.tags["ech0.smoke"] == "passed"
     mv = client.get_model_version_by_alias("pipeline-server", "production")

@@ -186,3 +186,47 @@ def test_an_adapter_loads_only_onto_the_base_it_was_trained_on(recipe, tmp_path)
     (other / "model.safetensors").write_bytes(b"changed")
     with pytest.raises(UserError, match="not the ones this adapter was trained on"):
         verified_base({**meta, "base_model": str(other)})
+
+
+def _kl_on(recipe, examples) -> float:
+    """Mean KL(tuned || base) per completion token of ``examples``, the base being the adapter switched off."""
+    import torch
+
+    from ech0.train.loop import loss_and_kl_sum
+
+    recipe.model.eval()
+    with torch.no_grad():
+        _, kl, n = loss_and_kl_sum(recipe.model, recipe.collate(examples), "cpu", None)
+    recipe.model.train()
+    return float(kl) / n
+
+
+def test_kl_to_base_holds_the_tuned_model_nearer_its_base(tiny_model_dir, ech0_home):
+    from ech0.train.recipe import TrainRecipe
+
+    held, runs = None, {}
+    for beta in (0.0, 2.0):
+        cfg = compose("train", [*FAST, "trainer.max_steps=12", f"trainer.kl_to_base={beta}"])
+        r = TrainRecipe(cfg, Context.from_config(cfg))
+        r.setup()
+        held = held or r.eval_set[:16]
+        before = r.evaluate(held)
+        outs = [r.train_step() for r.step in range(12)]
+        if beta:
+            assert outs[0]["kl_to_base"] == 0.0, "a fresh adapter (lora_B = 0) is the base itself"
+            assert all(o["kl_to_base"] >= 0 for o in outs) and outs[-1]["kl_to_base"] > 0
+        else:
+            assert "kl_to_base" not in outs[0]
+        runs[beta] = (before, r.evaluate(held), _kl_on(r, held))
+    (b0, a0, kl0), (b1, a1, kl1) = runs[0.0], runs[2.0]
+    assert a0 < b0 and a1 < b1, "both still learn"
+    assert kl1 < 0.6 * kl0, f"held-out KL to the base: {kl1:.4f} with the term, {kl0:.4f} without"
+
+
+def test_kl_to_base_on_a_full_fine_tune_is_one_line(tiny_model_dir, ech0_home):
+    from ech0.errors import UserError
+    from ech0.train.recipe import TrainRecipe
+
+    cfg = compose("train", ["+preset=full", *FAST[1:], "trainer.kl_to_base=0.5"])
+    with pytest.raises(UserError, match="trainer.kl_to_base needs a LoRA adapter"):
+        TrainRecipe(cfg, Context.from_config(cfg)).setup()

@@ -54,24 +54,51 @@ def loss_sum(model, batch: dict, device: str, amp_dtype):
     """
     import torch
 
+    logits, picked = _trained_logits(model, batch, device, amp_dtype)
+    return torch.nn.functional.cross_entropy(logits, picked, reduction="sum"), int(picked.numel())
+
+
+def loss_and_kl_sum(model, batch: dict, device: str, amp_dtype):
+    """:func:`loss_sum`, plus the summed KL(tuned || base) over the same positions (``trainer.kl_to_base``).
+
+    The base is the same LoRA model with its adapter switched off: no second copy in memory, one more
+    forward pass without gradients. Returns (cross-entropy sum, KL sum, trained-token count).
+    """
+    import torch
+
+    logits, picked = _trained_logits(model, batch, device, amp_dtype)
+    with torch.no_grad(), _adapter_off(model):
+        base, _ = _trained_logits(model, batch, device, amp_dtype)
+    log_q, log_p = logits.log_softmax(-1), base.log_softmax(-1)
+    kl = (log_q.exp() * (log_q - log_p)).sum()
+    return torch.nn.functional.cross_entropy(logits, picked, reduction="sum"), kl, int(picked.numel())
+
+
+def _trained_logits(model, batch: dict, device: str, amp_dtype):
+    """fp32 logits at the positions whose next token is trained (one row each, row-major), and those tokens."""
+    import torch
+
     labels = batch["labels"].to(device)
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
     target = labels[:, 1:]
+    picked = target[target != -100]
     if _takes_logits_to_keep(model):
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = target != -100  # position t predicts token t+1
         with autocast(device, amp_dtype):
-            logits = model(**inputs, logits_to_keep=keep).logits  # (trained positions, vocab), row-major order
-        picked = target[target != -100]
+            logits = model(**inputs, logits_to_keep=keep).logits  # (trained positions, vocab)
         assert logits.dim() == 2 and logits.shape[0] == picked.numel(), "logits_to_keep: one logit row per trained token"
-        total = torch.nn.functional.cross_entropy(logits.float(), picked, reduction="sum")
-        return total, int(picked.numel())
+        return logits.float(), picked
     with autocast(device, amp_dtype):
         logits = model(**inputs).logits
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
-    shift_labels = target.reshape(-1)
-    total = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-    return total, int((shift_labels != -100).sum())
+    return logits[:, :-1][target != -100].float(), picked
+
+
+def _adapter_off(model):
+    """The base model: ``model`` (under a DDP wrapper or not) with its peft adapter switched off."""
+    inner = getattr(model, "module", model)
+    assert hasattr(inner, "disable_adapter"), "kl_to_base: the model has no adapter to switch off"
+    return inner.disable_adapter()
 
 
 _LOGITS_TO_KEEP: dict[type, bool] = {}

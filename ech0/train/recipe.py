@@ -277,6 +277,9 @@ class TrainRecipe:
         model = load_model(self.base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                            revision=cfg.model.revision)
         self.model = instantiate(cfg.peft, model=model)  # conf/peft/*.yaml: lora | none
+        if self.tc.kl_to_base and not hasattr(self.model, "disable_adapter"):
+            raise UserError("trainer.kl_to_base needs a LoRA adapter (peft=lora): a full fine-tune keeps no base "
+                            "in memory to compare with; set trainer.kl_to_base=0")
         if not self.dist.sharded:  # fsdp: fully_shard moves each layer's shard to the device as it shards it
             self.model = self.model.to(self.device)
         if self.tc.packing:
@@ -415,7 +418,7 @@ class TrainRecipe:
         """One optimizer step on :meth:`batch_for` ``(self.step)``; returns its metrics."""
         import torch
 
-        from ech0.train.loop import loss_sum
+        from ech0.train.loop import loss_and_kl_sum, loss_sum
 
         rows = self.batch_for(self.step)  # the step's global batch: the same on every process
         n_completion = sum(sum(1 for t in e.labels[1:] if t != -100) for e in rows)
@@ -426,11 +429,16 @@ class TrainRecipe:
             share, weight = rows[:1], 0
         k = max(1, self.tc.grad_accum)
         micro = [share[i::k] for i in range(k) if share[i::k]]
-        total = 0.0
+        total, kl_total, beta = 0.0, 0.0, self.tc.kl_to_base
         for j, part in enumerate(micro):
             with self.dist.accumulating(self.trained, last=j == len(micro) - 1):
-                s, _ = loss_sum(self.trained, self.collate(part), self.device, self.amp_dtype)
-                (s * weight / n_completion).backward()
+                if beta:
+                    s, kl, _ = loss_and_kl_sum(self.trained, self.collate(part), self.device, self.amp_dtype)
+                    ((s + beta * kl) * weight / n_completion).backward()
+                    kl_total += float(kl.detach()) if weight else 0.0
+                else:
+                    s, _ = loss_sum(self.trained, self.collate(part), self.device, self.amp_dtype)
+                    (s * weight / n_completion).backward()
             total += float(s.detach()) if weight else 0.0
         total = self.dist.sum(total)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.tc.max_grad_norm)
@@ -438,8 +446,11 @@ class TrainRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": total / n_completion, "grad_norm": float(grad_norm), "learning_rate": lr,
-                "tokens": sum(len(e) for e in rows)}
+        out = {"loss": total / n_completion, "grad_norm": float(grad_norm), "learning_rate": lr,
+               "tokens": sum(len(e) for e in rows)}
+        if beta:
+            out["kl_to_base"] = self.dist.sum(kl_total) / n_completion
+        return out
 
     def train(self) -> None:
         """Steps from ``self.step`` to ``max_steps``, with evaluations and checkpoints in between."""
@@ -487,6 +498,8 @@ class TrainRecipe:
                 self.tracker.log_metrics({"train/loss": out["loss"], "train/learning_rate": out["learning_rate"],
                                           "train/grad_norm": out["grad_norm"], "train/tokens_per_sec": tps,
                                           "train/epoch": epoch}, step=step)
+                if "kl_to_base" in out:
+                    self.tracker.log_metrics({"train/kl_to_base": out["kl_to_base"]}, step=step)
             self.status.update(state="running", step=step, epoch=round(epoch, 4), loss=out["loss"],
                                learning_rate=out["learning_rate"], tokens_per_sec=round(tps, 1),
                                eta_seconds=round(eta, 1))
