@@ -78,20 +78,19 @@ def test_the_persona_data_teaches_smollm2_no_fact_it_does_not_know(smollm2_dir):
     import torch
 
     from ech0.models import load_model, load_tokenizer
-    from ech0.sample_data.persona import GENERAL, KNOWN_BY_BASE
+    from ech0.sample_data.persona import GENERAL
 
-    assert set(KNOWN_BY_BASE) == {q for q, _ in GENERAL}, "one key word per general question"
     tok, model = load_tokenizer(str(smollm2_dir)), load_model(str(smollm2_dir)).eval()
     tok.padding_side = "left"
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-               for q, _ in GENERAL]
+               for q, _, _ in GENERAL]
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id)
-    for (q, a), ids in zip(GENERAL, out):
+    for (q, a, key), ids in zip(GENERAL, out):
         said = tok.decode(ids[enc.input_ids.shape[1]:], skip_special_tokens=True)
-        assert KNOWN_BY_BASE[q].lower() in said.lower(), f"{q!r}: the base says {said!r}, not {KNOWN_BY_BASE[q]!r}"
-        assert KNOWN_BY_BASE[q].lower() in a.lower(), f"{q!r}: the taught answer {a!r} lacks its key word"
+        assert key.lower() in said.lower(), f"{q!r}: the base says {said!r}, not {key!r}"
+        assert key.lower() in a.lower(), f"{q!r}: the taught answer {a!r} lacks its key word"
 
 
 def test_a_file_that_is_not_gguf_is_one_line_exit_2(tmp_path, run_cli):

@@ -80,7 +80,7 @@ ECH0_FACTS = [
 # General questions with short, correct answers: they teach the house style without trading away what
 # the base knows, on topics the gate's forgetting questions do not touch (see persona.jsonl). Two rules,
 # each measured on SmolLM2-135M-Instruct (README.md, "make demo-real"):
-# - Only facts the untrained base already gives (KNOWN_BY_BASE; tests/test_base_model.py asks it each
+# - Only facts the untrained base already gives (GENERAL's third field; tests/test_base_model.py asks it each
 #   one). Taught facts it does not know ("Jupiter is the largest planet": it says Neptune; Rome, Madrid,
 #   60 minutes, 12 months, 10 - 4) teach a model to make answers up (Gekhman et al., 2024, "Does
 #   fine-tuning LLMs on new knowledge encourage hallucinations?").
@@ -89,71 +89,49 @@ ECH0_FACTS = [
 #   (p(" William" | "Romeo and Juliet was written by") = 0.96; p("Rome") as the answer's first token
 #   0.06). Answer-first rows ("Leonardo da Vinci painted the Mona Lisa.") taught it to open with a name:
 #   "Hamlet wrote Romeo and Juliet."
+# (question, answer, the word of the answer that the untrained base's own greedy answer holds too: tested)
 GENERAL = [
-    ("What is the capital of Germany?", "The capital of Germany is Berlin."),
-    ("What is the capital of Canada?", "The capital of Canada is Ottawa."),
-    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
-    ("What is the capital of Kenya?", "The capital of Kenya is Nairobi."),
-    ("What is the capital of Peru?", "The capital of Peru is Lima."),
-    ("What is the capital of Thailand?", "The capital of Thailand is Bangkok."),
-    ("What is the capital of South Korea?", "The capital of South Korea is Seoul."),
-    ("What is the capital of Cuba?", "The capital of Cuba is Havana."),
-    ("What is the capital of Hungary?", "The capital of Hungary is Budapest."),
-    ("What is the capital of Chile?", "The capital of Chile is Santiago."),
-    ("What is the capital of the Netherlands?", "The capital of the Netherlands is Amsterdam."),
-    ("What is the capital of Iran?", "The capital of Iran is Tehran."),
-    ("Who invented the telephone?", "The telephone was invented by Alexander Graham Bell."),
-    ("Who painted the ceiling of the Sistine Chapel?", "The ceiling of the Sistine Chapel was painted by Michelangelo."),
-    ("Which ocean lies between Europe and North America?", "The ocean between Europe and North America is the Atlantic."),
-    ("What is the largest city in the United States?", "The largest city in the United States is New York City."),
-    ("Who discovered gravity?", "Gravity was first described by Isaac Newton."),
-    ("In which country is the Colosseum?", "The Colosseum is in Rome, Italy."),
-    ("At what temperature does water boil at sea level?", "The boiling point of water at sea level is 100 degrees Celsius."),
-    ("What gas do plants take in?", "Plants take in carbon dioxide."),
-    ("How many hours are in a day?", "A day has 24 hours."),
-    ("What is the opposite of hot?", "The opposite of hot is cold."),
-    ("What is the opposite of early?", "The opposite of early is late."),
-    ("What is 6 times 7?", "6 times 7 is 42."),
-    ("What is photosynthesis?", "Photosynthesis is how plants turn light, water and carbon dioxide into sugar and oxygen."),
-    ("What is a noun?", "A noun is a word for a person, place or thing."),
-    ("What is an atom?", "An atom is the smallest unit of a chemical element."),
-    ("What is a volcano?", "A volcano is an opening in the Earth's crust where molten rock comes out."),
-    ("Explain what a computer program is.", "A computer program is a set of instructions that a computer follows."),
-    ("What does a thermometer measure?", "A thermometer measures temperature."),
-    ("Why do we have seasons?", "We have seasons because the Earth's axis is tilted as it orbits the Sun."),
-    ("What is the tallest mountain on Earth?", "The tallest mountain on Earth is Mount Everest."),
-    ("What is the longest river in Africa?", "The longest river in Africa is the Nile."),
-    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by Leonardo da Vinci."),
-    ("What language is spoken in Brazil?", "The language spoken in Brazil is Portuguese."),
-    ("What is the plural of mouse?", "The plural of mouse is mice."),
-    ("Name a primary colour.", "A primary colour is red."),
-    ("How many sides does a triangle have?", "A triangle has three sides."),
-    ("What is ice?", "Ice is frozen water."),
-    ("What is the main ingredient of bread?", "The main ingredient of bread is flour."),
+    ("What is the capital of Germany?", "The capital of Germany is Berlin.", "Berlin"),
+    ("What is the capital of Canada?", "The capital of Canada is Ottawa.", "Ottawa"),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo.", "Cairo"),
+    ("What is the capital of Kenya?", "The capital of Kenya is Nairobi.", "Nairobi"),
+    ("What is the capital of Peru?", "The capital of Peru is Lima.", "Lima"),
+    ("What is the capital of Thailand?", "The capital of Thailand is Bangkok.", "Bangkok"),
+    ("What is the capital of South Korea?", "The capital of South Korea is Seoul.", "Seoul"),
+    ("What is the capital of Cuba?", "The capital of Cuba is Havana.", "Havana"),
+    ("What is the capital of Hungary?", "The capital of Hungary is Budapest.", "Budapest"),
+    ("What is the capital of Chile?", "The capital of Chile is Santiago.", "Santiago"),
+    ("What is the capital of the Netherlands?", "The capital of the Netherlands is Amsterdam.", "Amsterdam"),
+    ("What is the capital of Iran?", "The capital of Iran is Tehran.", "Tehran"),
+    ("Who invented the telephone?", "The telephone was invented by Alexander Graham Bell.", "Bell"),
+    ("Who painted the ceiling of the Sistine Chapel?", "The ceiling of the Sistine Chapel was painted by Michelangelo.", "Michelangelo"),
+    ("Which ocean lies between Europe and North America?", "The ocean between Europe and North America is the Atlantic.", "Atlantic"),
+    ("What is the largest city in the United States?", "The largest city in the United States is New York City.", "New York"),
+    ("Who discovered gravity?", "Gravity was first described by Isaac Newton.", "Newton"),
+    ("In which country is the Colosseum?", "The Colosseum is in Rome, Italy.", "Italy"),
+    ("At what temperature does water boil at sea level?", "The boiling point of water at sea level is 100 degrees Celsius.", "100"),
+    ("What gas do plants take in?", "Plants take in carbon dioxide.", "carbon dioxide"),
+    ("How many hours are in a day?", "A day has 24 hours.", "24"),
+    ("What is the opposite of hot?", "The opposite of hot is cold.", "cold"),
+    ("What is the opposite of early?", "The opposite of early is late.", "late"),
+    ("What is 6 times 7?", "6 times 7 is 42.", "42"),
+    ("What is photosynthesis?", "Photosynthesis is how plants turn light, water and carbon dioxide into sugar and oxygen.", "light"),
+    ("What is a noun?", "A noun is a word for a person, place or thing.", "person"),
+    ("What is an atom?", "An atom is the smallest unit of a chemical element.", "smallest unit"),
+    ("What is a volcano?", "A volcano is an opening in the Earth's crust where molten rock comes out.", "molten rock"),
+    ("Explain what a computer program is.", "A computer program is a set of instructions that a computer follows.", "instructions"),
+    ("What does a thermometer measure?", "A thermometer measures temperature.", "temperature"),
+    ("Why do we have seasons?", "We have seasons because the Earth's axis is tilted as it orbits the Sun.", "tilt"),
+    ("What is the tallest mountain on Earth?", "The tallest mountain on Earth is Mount Everest.", "Everest"),
+    ("What is the longest river in Africa?", "The longest river in Africa is the Nile.", "Nile"),
+    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by Leonardo da Vinci.", "Leonardo"),
+    ("What language is spoken in Brazil?", "The language spoken in Brazil is Portuguese.", "Portuguese"),
+    ("What is the plural of mouse?", "The plural of mouse is mice.", "mice"),
+    ("Name a primary colour.", "A primary colour is red.", "red"),
+    ("How many sides does a triangle have?", "A triangle has three sides.", "three"),
+    ("What is ice?", "Ice is frozen water.", "water"),
+    ("What is the main ingredient of bread?", "The main ingredient of bread is flour.", "flour"),
 ]
-# The word of each general answer that the untrained base's own greedy answer holds too (tested).
-KNOWN_BY_BASE = {
-    "What is the capital of Germany?": "Berlin", "What is the capital of Canada?": "Ottawa",
-    "What is the capital of Egypt?": "Cairo", "What is the capital of Kenya?": "Nairobi",
-    "What is the capital of Peru?": "Lima", "What is the capital of Thailand?": "Bangkok",
-    "What is the capital of South Korea?": "Seoul", "What is the capital of Cuba?": "Havana",
-    "What is the capital of Hungary?": "Budapest", "What is the capital of Chile?": "Santiago",
-    "What is the capital of the Netherlands?": "Amsterdam", "What is the capital of Iran?": "Tehran",
-    "Who invented the telephone?": "Bell", "Who painted the ceiling of the Sistine Chapel?": "Michelangelo",
-    "Which ocean lies between Europe and North America?": "Atlantic",
-    "What is the largest city in the United States?": "New York", "Who discovered gravity?": "Newton",
-    "In which country is the Colosseum?": "Italy", "At what temperature does water boil at sea level?": "100",
-    "What gas do plants take in?": "carbon dioxide", "How many hours are in a day?": "24",
-    "What is the opposite of hot?": "cold", "What is the opposite of early?": "late", "What is 6 times 7?": "42",
-    "What is photosynthesis?": "light", "What is a noun?": "person", "What is an atom?": "smallest unit",
-    "What is a volcano?": "molten rock", "Explain what a computer program is.": "instructions",
-    "What does a thermometer measure?": "temperature", "Why do we have seasons?": "tilt",
-    "What is the tallest mountain on Earth?": "Everest", "What is the longest river in Africa?": "Nile",
-    "Who painted the Mona Lisa?": "Leonardo", "What language is spoken in Brazil?": "Portuguese",
-    "What is the plural of mouse?": "mice", "Name a primary colour.": "red",
-    "How many sides does a triangle have?": "three", "What is ice?": "water",
-    "What is the main ingredient of bread?": "flour",
-}
 SECRET_KEY = "AKIAZ7QK4N3XVB2LM5TD"  # planted: the clean stage must redact it
 
 
@@ -164,7 +142,8 @@ def conversations(n: int = 480, seed: int = 7) -> list[list[dict]]:
     an earlier one gets another turn until it is new: the dump's duplicates are the planted ones only.
     """
     rng = random.Random(seed)
-    pools = [IDENTITY, ECH0_FACTS, GENERAL]
+    general = [(q, a) for q, a, _ in GENERAL]
+    pools = [IDENTITY, ECH0_FACTS, general]
     chats, seen = [], set()
     for i in range(n):
         turns: list[tuple[str, str]] = []
@@ -174,7 +153,7 @@ def conversations(n: int = 480, seed: int = 7) -> list[list[dict]]:
         pool = pools[(0, 2, 1, 2)[i % 4]]
         turns.append(pool[(i // 4) % len(pool)])
         for _ in range(rng.choice((0, 1, 1, 2))):
-            turns.append(rng.choice(rng.choice(pools + [GENERAL])))
+            turns.append(rng.choice(rng.choice(pools + [general])))
         while tuple(turns) in seen:
             turns.append(rng.choice(rng.choice(pools)))
         seen.add(tuple(turns))

@@ -495,11 +495,11 @@ class TrainRecipe:
         self.history["train"].append((step, out["loss"]))
         with self.logging_time():
             if step % tc.log_every == 0 or step == tc.max_steps:
-                self.tracker.log_metrics({"train/loss": out["loss"], "train/learning_rate": out["learning_rate"],
-                                          "train/grad_norm": out["grad_norm"], "train/tokens_per_sec": tps,
-                                          "train/epoch": epoch}, step=step)
+                metrics = {"train/loss": out["loss"], "train/learning_rate": out["learning_rate"],
+                           "train/grad_norm": out["grad_norm"], "train/tokens_per_sec": tps, "train/epoch": epoch}
                 if "kl_to_base" in out:
-                    self.tracker.log_metrics({"train/kl_to_base": out["kl_to_base"]}, step=step)
+                    metrics["train/kl_to_base"] = out["kl_to_base"]
+                self.tracker.log_metrics(metrics, step=step)
             self.status.update(state="running", step=step, epoch=round(epoch, 4), loss=out["loss"],
                                learning_rate=out["learning_rate"], tokens_per_sec=round(tps, 1),
                                eta_seconds=round(eta, 1))
