@@ -54,6 +54,9 @@ class LoraSchema:
     lora_dropout: float = 0.0
     target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     bias: str = "none"
+    # the fraction of decoder layers, counted from the input, that get no adapter (0: every layer); their
+    # backward pass is skipped too. README.md, "make demo-real", has what it measured on SmolLM2.
+    skip_lower_layers: float = 0.0
 
 
 @dataclass

@@ -230,3 +230,29 @@ def test_kl_to_base_on_a_full_fine_tune_is_one_line(tiny_model_dir, ech0_home):
     cfg = compose("train", ["+preset=full", *FAST[1:], "trainer.kl_to_base=0.5"])
     with pytest.raises(UserError, match="trainer.kl_to_base needs a LoRA adapter"):
         TrainRecipe(cfg, Context.from_config(cfg)).setup()
+
+
+def test_skip_lower_layers_adapts_only_the_upper_layers(tiny_model_dir, ech0_home):
+    import torch
+
+    from ech0.train.recipe import TrainRecipe
+
+    cfg = compose("train", [*FAST, "peft.skip_lower_layers=0.5"])
+    r = TrainRecipe(cfg, Context.from_config(cfg))
+    r.setup()
+    n = r.model.config.num_hidden_layers
+    adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, _ in r.model.named_parameters() if "lora_" in name}
+    assert n >= 2 and adapted == set(range(n // 2, n)), f"{n} layers, adapters on {sorted(adapted)}"
+    before = {k: p.detach().clone() for k, p in r.model.named_parameters()}
+    r.train_step()
+    moved = {k for k, p in r.model.named_parameters() if not torch.equal(p, before[k])}
+    assert moved and all("lora_B" in k or "lora_A" in k for k in moved), "only adapter weights move"
+
+
+def test_skip_lower_layers_out_of_range_is_one_line(tiny_model_dir, ech0_home):
+    from ech0.errors import UserError
+    from ech0.train.recipe import TrainRecipe
+
+    cfg = compose("train", [*FAST, "peft.skip_lower_layers=1.0"])
+    with pytest.raises(UserError, match=r"peft.skip_lower_layers=1.0: expected a fraction"):
+        TrainRecipe(cfg, Context.from_config(cfg)).setup()

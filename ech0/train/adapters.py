@@ -6,11 +6,16 @@
 from __future__ import annotations
 
 
-def lora(model, r: int, lora_alpha: int, lora_dropout: float, target_modules: list[str], bias: str = "none"):
+def lora(model, r: int, lora_alpha: int, lora_dropout: float, target_modules: list[str], bias: str = "none",
+         skip_lower_layers: float = 0.0):
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                        target_modules=list(target_modules), bias=bias, task_type="CAUSAL_LM")
+    layers = None  # every decoder layer; else the upper ones only (their backward stops there)
+    if skip_lower_layers:
+        n = model.config.num_hidden_layers
+        layers = list(range(round(skip_lower_layers * n), n))
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),
+                        bias=bias, task_type="CAUSAL_LM", layers_to_transform=layers)
     return get_peft_model(model, config)
 
 

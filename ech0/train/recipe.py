@@ -273,6 +273,9 @@ class TrainRecipe:
         from ech0.models import load_model
 
         cfg = self.cfg
+        skip = cfg.peft.get("skip_lower_layers", 0.0)
+        if not 0.0 <= skip < 1.0:  # checked here: a UserError inside instantiate() would come back wrapped
+            raise UserError(f"peft.skip_lower_layers={skip}: expected a fraction of the layers in [0, 1)")
         torch.manual_seed(cfg.seed)
         model = load_model(self.base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                            revision=cfg.model.revision)
