@@ -249,10 +249,15 @@ def test_skip_lower_layers_adapts_only_the_upper_layers(tiny_model_dir, ech0_hom
     assert moved and all("lora_B" in k or "lora_A" in k for k in moved), "only adapter weights move"
 
 
-def test_skip_lower_layers_out_of_range_is_one_line(tiny_model_dir, ech0_home):
+def test_skip_lower_layers_out_of_range_is_one_line_and_the_top_layer_always_adapts(tiny_model_dir, ech0_home):
     from ech0.errors import UserError
     from ech0.train.recipe import TrainRecipe
 
     cfg = compose("train", [*FAST, "peft.skip_lower_layers=1.0"])
     with pytest.raises(UserError, match=r"peft.skip_lower_layers=1.0: expected a fraction"):
         TrainRecipe(cfg, Context.from_config(cfg)).setup()
+    cfg = compose("train", [*FAST, "peft.skip_lower_layers=0.99"])  # rounds to every layer: the top one stays
+    r = TrainRecipe(cfg, Context.from_config(cfg))
+    r.setup()
+    n = r.model.config.num_hidden_layers
+    assert {int(k.split(".layers.")[1].split(".")[0]) for k, _ in r.model.named_parameters() if "lora_" in k} == {n - 1}

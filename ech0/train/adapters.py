@@ -13,7 +13,7 @@ def lora(model, r: int, lora_alpha: int, lora_dropout: float, target_modules: li
     layers = None  # every decoder layer; else the upper ones only (their backward stops there)
     if skip_lower_layers:
         n = model.config.num_hidden_layers
-        layers = list(range(round(skip_lower_layers * n), n))
+        layers = list(range(min(round(skip_lower_layers * n), n - 1), n))  # at least the top layer
     config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),
                         bias=bias, task_type="CAUSAL_LM", layers_to_transform=layers)
     return get_peft_model(model, config)
