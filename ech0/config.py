@@ -88,6 +88,9 @@ class TrainerConfig:
     # 1/N of weights, gradients and AdamW state; for models too big for one device). One process ignores it.
     strategy: str = "ddp"
     num_threads: Optional[int] = None  # torch intra-op threads on CPU (None: torch's default)
+    # CPU: keep freed activation buffers in the process instead of returning them to the kernel each step
+    # (ech0.host_memory: 175 -> 268 tokens/s on SmolLM2, 2 cores; freed blocks stay resident; false: glibc's defaults)
+    keep_freed_memory: bool = True
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
     keep_checkpoints: int = 2  # newest checkpoints kept, plus the best (lowest held-out loss); 0: all
     eval_every: int = 50  # steps between eval/loss measurements (0: only before and after)

@@ -220,6 +220,10 @@ class TrainRecipe:
         self.device = self.dist.device
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
+        if tc.keep_freed_memory and self.device == "cpu":
+            from ech0.host_memory import keep_freed_memory
+
+            keep_freed_memory()
         self.resume_id = self.dist.broadcast(find_resume(self.ctx, self.cfg.resume) if self.dist.is_main else None)
         self.amp_dtype, self.precision_why = self.dist.broadcast(choose(tc.precision, self.device))  # rank 0's
         self.setup_data()  # a bad data file fails before any model is built or run is opened
