@@ -120,9 +120,13 @@ def test_same_input_at_once_second_waits_for_the_data_stage_then_both_succeed(ct
         assert "database is locked" not in err and "Traceback" not in err
 
     runs = _runs(ctx)
+    # each pipeline's gate also in MLflow's evaluation view; where the first has promoted v1 before the
+    # second's gate runs (the two race there), that gate also scores the champion and logs its view
+    views = sorted(r.data.tags["ech0.eval.view_of"] for r in runs if r.data.tags["ech0.kind"] == "eval-view")
+    assert views in (["candidate"] * 2, ["candidate", "candidate", "champion"]), views
     kinds = sorted((r.data.tags["ech0.kind"], r.info.status) for r in runs)
-    assert kinds == [("data", "FINISHED")] + [("eval-view", "FINISHED")] * 2 + [("pipeline", "FINISHED")] * 2 + \
-        [("train", "FINISHED")] * 2, kinds  # each pipeline's gate also in MLflow's evaluation view
+    assert kinds == [("data", "FINISHED")] + [("eval-view", "FINISHED")] * len(views) + \
+        [("pipeline", "FINISHED")] * 2 + [("train", "FINISHED")] * 2, kinds
     mf.verify(ctx, mf.manifest_path(ctx, "sample", "processed"))  # the chain one process made, intact
     assert _chain_starts_from(ctx, RAW_FILE)
     data = next(r for r in runs if r.data.tags["ech0.kind"] == "data")
