@@ -33,9 +33,9 @@ def test_freed_blocks_are_reused_without_page_faults():
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout.split()
     default, kept, after = int(out[0]), out[1], int(out[2])
     assert kept == "True"
-    # 20 x 64 MB: ~16k pages each time with glibc's defaults, about none once freed blocks are kept
-    assert default > 100_000, default
-    assert after < default / 20, (default, after)
+    # 20 x 64 MB: 16k faults each with glibc's defaults (32 where transparent huge pages are always on),
+    # about none once freed blocks are kept
+    assert default >= 20 and after <= default / 20, (default, after)
 
 
 @pytest.mark.parametrize("keep", [True, False])
