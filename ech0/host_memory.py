@@ -11,9 +11,9 @@ n_trained x vocabulary fp32 values (96 MB a step on `make demo-real`'s persona: 
 bf16, LoRA r16 + KL, 12 steps): 6.1M minor page faults and 64 s of system time with glibc's defaults,
 175 tokens/s; with freed blocks kept (this function) 1.3M faults, 25 s, 268 tokens/s, the same loss to
 the last digit. The price is resident memory: freed blocks stay mapped for reuse (peak RSS 5.4 -> 5.9 GB
-there). Generation gains nothing measurable (12 greedy answers: 12.9/10.9 s
-with the defaults, 11.9/13.5 s kept), so only training calls it (``trainer.keep_freed_memory``, on CPU).
-Without glibc (macOS, musl) it does nothing and returns False. The setting is process-wide and stays.
+there). Generation gains nothing measurable (12 greedy answers: 12.9/10.9 s with the defaults, 11.9/13.5 s
+kept), so only training calls it (``trainer.keep_freed_memory``, on CPU). Without glibc (macOS, musl) it
+does nothing and returns False. The setting is process-wide and stays.
 """
 
 from __future__ import annotations
