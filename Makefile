@@ -30,8 +30,12 @@ demo: setup
 demo-real: setup
 	$(PY) -m ech0.demo --real
 
+# One pytest worker per core (at most 4), a whole test file per worker (module fixtures and the demo
+# gate's curves stay in one process): alone, the suite kept 1.25 of 2 cores busy, waiting on servers,
+# subprocesses and imports. `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 --dist loadfile $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.train_throughput --out benchmarks/results/train_throughput.json

@@ -117,6 +117,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def build_lock(out: Path, verbose: bool = True) -> Iterator[None]:
+    """Held while one process builds the folder ``out`` (a base model), so that runs, sweep jobs or test
+    workers sharing a base-model cache build it once: the others wait, then find it built."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out.parent / f".{out.name}.lock", f"building {out.name}")
+    lock.acquire(on_wait=lambda holder: verbose and print(f"waiting for {holder} to build {out.name} ...", flush=True))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class FileLock:
     """An advisory lock on ``path`` between processes (``fcntl.flock``): exclusive, or shared by many.
 

@@ -25,6 +25,10 @@ os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 # Built base models are shared by every test (and kept between `make test` runs): built once.
 BASE_MODELS = Path(os.environ.setdefault("ECH0_BASE_MODELS_DIR", str(ROOT / ".cache" / "base_models")))
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Under pytest-xdist (`make test`), workers share the cores: one torch thread each, in this process and in
+# the ech0/mlflow subprocesses its tests start, instead of every process spinning a thread per core.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

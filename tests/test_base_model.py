@@ -99,3 +99,29 @@ def test_a_file_that_is_not_gguf_is_one_line_exit_2(tmp_path, run_cli):
     out = run_cli("ech0.cli", "base-model", f"model.gguf_file={bad}")
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().startswith("error: weights.gguf: ") and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_processes_sharing_a_base_model_cache_build_it_once(tmp_path, wait_for):
+    """Sweep jobs, pipelines or test workers that start together on an empty cache: one builds, the rest
+    wait for it and find the folder. This test holds the build lock until both have said they wait."""
+    import subprocess
+    import sys
+
+    from ech0.io import build_lock
+    from ech0.models.tiny import TinyRecipe
+
+    recipe = dict(name="tiny-lock", corpus_lines=200, pretrain_steps=2, vocab_size=512)
+    out = TinyRecipe(**recipe).folder(tmp_path)
+    code = ("import sys; from pathlib import Path; from ech0.models.tiny import TinyRecipe, build; "
+            f"print('folder', build(TinyRecipe(**{recipe!r}), Path(sys.argv[1])), flush=True)")
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    with build_lock(out, verbose=False):
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=log.open("w"),
+                                  stderr=subprocess.STDOUT) for log in logs]
+        assert wait_for(lambda: all("waiting for" in log.read_text() for log in logs), 120), \
+            [log.read_text()[-500:] for log in logs]
+    assert [p.wait(300) for p in procs] == [0, 0], [log.read_text()[-1000:] for log in logs]
+    texts = [log.read_text() for log in logs]
+    assert sum(t.count("building base model") for t in texts) == 1, texts
+    assert all(f"folder {out}" in t for t in texts), texts
+    assert (out / "model.safetensors").is_file()

@@ -35,7 +35,7 @@ def packaged(spec: str) -> Path | None:
 
 def convert(gguf_path: str | Path, base_models: Path, name: str | None = None, verbose: bool = True) -> Path:
     """The HF folder made from ``gguf_path`` under ``base_models`` (converted on first use)."""
-    from ech0.io import atomic_dir, atomic_write_json, sha256_file
+    from ech0.io import sha256_file
 
     src = Path(gguf_path).expanduser()
     if not src.is_file():
@@ -45,6 +45,17 @@ def convert(gguf_path: str | Path, base_models: Path, name: str | None = None, v
     if (out / "config.json").is_file() and (out / "ech0_base.json").is_file():
         _drop_quantization_config(out / "config.json")  # a folder converted before that was fixed
         return out
+    from ech0.io import build_lock
+
+    with build_lock(out, verbose):
+        if (out / "config.json").is_file() and (out / "ech0_base.json").is_file():
+            return out  # another process converted it while this one waited
+        return _convert(src, out, digest, verbose)
+
+
+def _convert(src: Path, out: Path, digest: str, verbose: bool) -> Path:
+    from ech0.io import atomic_dir, atomic_write_json
+
     if importlib.util.find_spec("gguf") is None:
         raise UserError(f"{src.name}: reading GGUF files needs the gguf package: pip install gguf (make setup does)")
     import time

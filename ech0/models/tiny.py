@@ -78,9 +78,18 @@ def _train_tokenizer(lines: list[str], vocab_size: int, out: Path):
 
 def build(recipe: TinyRecipe, base_models: Path, force: bool = False, verbose: bool = True) -> Path:
     """Build the model for ``recipe`` under ``base_models`` unless it is cached there; return its folder."""
+    from ech0.io import build_lock
+
     out = recipe.folder(base_models)
     if (out / "model.safetensors").exists() and not force:
         return out
+    with build_lock(out, verbose):
+        if (out / "model.safetensors").exists() and not force:
+            return out  # another process built it while this one waited
+        return _build(recipe, out, verbose)
+
+
+def _build(recipe: TinyRecipe, out: Path, verbose: bool) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
