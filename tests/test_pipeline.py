@@ -104,7 +104,7 @@ def _interrupt_during_training(args: list[str], env: dict, repo_root: Path, wait
 
 def test_pipeline_from_a_raw_dump_on_a_tracking_server_interrupted_then_rerun(mlflow_server, ech0_home, tiny_model_dir,
                                                                                run_cli, repo_root, wait_for,
-                                                                               hold_at_step, tmp_path):
+                                                                               hold_at_step, any_model_passes):
     """Through a real `mlflow server` (SQLite backend, proxied artifacts): SIGTERM during training ends
     the runs KILLED with nothing registered; the same command then continues (the finished data stage
     is skipped) to a promoted, served model; a third run skips every stage.
@@ -114,11 +114,8 @@ def test_pipeline_from_a_raw_dump_on_a_tracking_server_interrupted_then_rerun(ml
     from ech0.sample_data import RAW_FILE
     from ech0.status import read_status
 
-    baseline = tmp_path / "any-model-passes.jsonl"
-    baseline.write_text(json.dumps({"id": "short", "prompt": "Echo this: the cat", "max_new_tokens": 4,
-                                    "checks": [{"type": "max_length", "value": 10000}]}) + "\n")
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "ECH0_REGISTRY_NAME": "pipeline-server"}
-    args = ["--input", str(RAW_FILE), "--name", "sample", "--baseline", str(baseline),
+    args = ["--input", str(RAW_FILE), "--name", "sample", "--baseline", str(any_model_passes),
             "tracking.experiment=pipeline-server", "trainer.max_steps=20", "trainer.progress=false",
             "tracking.log_system_metrics=false", "trainer.precision=fp32"]
     client = _client(mlflow_server)

@@ -42,12 +42,9 @@ sys.exit(p.main(sys.argv[3:]))
 
 
 @pytest.fixture
-def args(tmp_path):
+def args(any_model_passes):
     """Pipeline flags: a tiny training and a gate that any model passes (this is about concurrency, not quality)."""
-    baseline = tmp_path / "any-model-passes.jsonl"
-    baseline.write_text(json.dumps({"id": "short", "prompt": "Echo this: the cat", "max_new_tokens": 4,
-                                    "checks": [{"type": "max_length", "value": 10000}]}) + "\n")
-    return ["--mode", "pipeline", "--promote-on-pass", "--no-smoke", "--baseline", str(baseline), "--name", "sample",
+    return ["--mode", "pipeline", "--promote-on-pass", "--no-smoke", "--baseline", str(any_model_passes), "--name", "sample",
             "trainer.max_steps=2", "trainer.progress=false", "tracking.log_system_metrics=false",
             "trainer.precision=fp32"]
 

@@ -46,12 +46,14 @@ def _snapshot(srv) -> dict:
     """Everything a registry write could change, read as the admin."""
     from mlflow import MlflowClient
 
+    from ech0.registry.history import LOCK_SUFFIX
+
     with srv.admin():
         c = MlflowClient(srv.url, registry_uri=srv.url)
         rm = c.get_registered_model(NAME)
         versions = c.search_model_versions(f"name='{NAME}'")
-        # NAME's registry lock (a registered model while held); other test files' models may share the server
-        locks = [m.name for m in c.search_registered_models() if m.name.startswith(f"{NAME}.")]
+        # NAME's registry lock is a registered model while held; other test files' models may share the server
+        locks = [m.name for m in c.search_registered_models() if m.name == NAME + LOCK_SUFFIX]
         return {"tags": dict(rm.tags), "aliases": {k: str(v) for k, v in (rm.aliases or {}).items()},
                 "versions": sorted((int(v.version), v.current_stage, tuple(sorted((v.tags or {}).items())))
                                    for v in versions), "locks": locks}

@@ -195,3 +195,13 @@ def data_hygiene():
 def redaction_benchmark():
     """``benchmarks/redaction_false_positives.py``: the real-text corpora and per-rule scans."""
     return _benchmark("redaction_false_positives")
+
+
+@pytest.fixture
+def any_model_passes(tmp_path) -> Path:
+    """A gate baseline any model passes (one case, a length check): for pipeline tests about stopping,
+    rerunning or concurrency, not about quality."""
+    baseline = tmp_path / "any-model-passes.jsonl"
+    baseline.write_text(json.dumps({"id": "short", "prompt": "Echo this: the cat", "max_new_tokens": 4,
+                                    "checks": [{"type": "max_length", "value": 10000}]}) + "\n")
+    return baseline
