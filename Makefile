@@ -32,10 +32,11 @@ demo-real: setup
 
 # One pytest worker per core (at most 4), a whole test file per worker (module fixtures and the demo
 # gate's curves stay in one process): alone, the suite kept 1.25 of 2 cores busy, waiting on servers,
-# subprocesses and imports. `make test TEST_WORKERS=0` runs it in one process.
+# subprocesses and imports. The longest files start first (tests/plugins/schedule.py; xdist would
+# reorder them by test count). `make test TEST_WORKERS=0` runs it in one process.
 TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.train_throughput --out benchmarks/results/train_throughput.json

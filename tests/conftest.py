@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-# mlflow_server: registry/smoke/pipeline fixtures (a real `mlflow server`, stores); data: tests/test_data*.py
-pytest_plugins = ["plugins.mlflow_server", "plugins.data"]
+# mlflow_server: registry/smoke/pipeline fixtures (a real `mlflow server`, stores); data: tests/test_data*.py;
+# schedule: the longest test files start first under `make test`
+pytest_plugins = ["plugins.mlflow_server", "plugins.data", "plugins.schedule"]
 ROOT = Path(__file__).resolve().parent.parent
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from ech0.config import compose
 from ech0.context import Context
 
@@ -19,6 +21,7 @@ ARGS = ["+preset=lora", "trainer.precision=fp32", "trainer.max_steps=6", "traine
 LOSS_ATOL, WEIGHT_ATOL = 1e-5, 1e-5
 
 
+@pytest.mark.slow  # three processes' imports, then the same job again in this one: 18 s on the fast CPUs
 def test_torchrun_two_processes_match_one(tiny_model_dir, ech0_home, repo_root):
     import torch
     from mlflow.tracking import MlflowClient
