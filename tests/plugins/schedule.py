@@ -8,7 +8,9 @@ hold the most tests first. The files that take longest hold few tests (test_sync
 torchrun test: 18 s), so they started last, and one worker ran them alone while the other sat idle.
 Measured on the 2-core AVX512 EPYC: one run's per-test times, replayed through xdist's hand-out
 (a worker takes the next file when 2 of its tests are left), end that order at 706 s (the run took
-703 s), 53 s after a perfect split of the 654 s of work; this order ends 10 s after it. (Plain collection order, 4 s, is luck: the alphabet puts the heavy files in the middle.)
+703 s), 53 s after a perfect split of the 654 s of work; this order ends 10 s after it. (Whole runs on
+that shared VM drifted from 678 s to 895 s within the hour for the same code, so the gain is the
+replay's, not a wall-clock difference.)
 
 A file's expected time is its tests': ``slow`` ones (the marker means "more than ~20 s") count 20 s, the
 rest 1 s. ``--no-loadscope-reorder`` makes xdist keep this order; a test file keeps its own order.
