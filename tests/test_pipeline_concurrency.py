@@ -9,7 +9,6 @@ Each test holds one process at a state it cannot skip (no clock is raced).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -44,8 +43,8 @@ sys.exit(p.main(sys.argv[3:]))
 @pytest.fixture
 def args(any_model_passes):
     """Pipeline flags: a tiny training and a gate that any model passes (this is about concurrency, not quality)."""
-    return ["--mode", "pipeline", "--promote-on-pass", "--no-smoke", "--baseline", str(any_model_passes), "--name", "sample",
-            "trainer.max_steps=2", "trainer.progress=false", "tracking.log_system_metrics=false",
+    return ["--mode", "pipeline", "--promote-on-pass", "--no-smoke", "--baseline", str(any_model_passes),
+            "--name", "sample", "trainer.max_steps=2", "trainer.progress=false", "tracking.log_system_metrics=false",
             "trainer.precision=fp32"]
 
 
