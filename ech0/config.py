@@ -77,6 +77,12 @@ class TrainerConfig:
     # same model with its adapter off. It holds what the tuning does not teach near the base (general
     # knowledge) at the price of one more forward pass per step; the step logs train/kl_to_base.
     kl_to_base: float = 0.0
+    # the KL's weight instead at the trained tokens that are the base's own greedy choice, what the base
+    # already says (None: kl_to_base there too)
+    kl_to_base_agreed: Optional[float] = None
+    # > 0: the KL at the untrained positions too (system and user turns), with this weight; the LM head
+    # then runs on every position, not only the trained ones
+    kl_to_base_prompt: float = 0.0
     batch_size: int = 16  # rows per optimizer step (split into micro-batches by grad_accum)
     grad_accum: int = 1  # micro-batches per optimizer step
     max_length: int = 512  # tokens per row, prompt + completion + EOS

@@ -28,16 +28,19 @@ import time
 
 from ech0.errors import cli_errors
 
-# The real demo's training: conversation_lora's values (lr 2e-4, r=16 on every projection), fewer steps
-# so the whole pipeline fits 10 minutes on 2 CPU cores (README.md, "make demo-real", has what was
-# measured with other rates, step counts, adapter layers and KL weights). Two changes, each measured:
+# The real demo's training: conversation_lora's adapters (r=16 on every projection) with what the
+# persona needed, each measured in fp32 and bf16 (README.md, "make demo-real", has the runs):
+# - 80 steps of 8 rows at lr 3e-4: 60 steps of 16 at 2e-4 left two ech0 facts above their reference
+#   loss (1/4-2/4 learned); 8-row steps at 3e-4 learn all four in fewer tokens (640 rows, not 960);
 # - lora_dropout=0: on 2 cores the dropout masks of 210 adapters were 28% of a step (aten::bernoulli_
-#   1.1 s of 6.3 s, profiled), time the KL term below needs;
-# - kl_to_base=0.2: the persona without losing a general fact (forgetting 7/7, pass rate 0.809);
-#   without it the same run loses "the Red Planet" to "Europa" (6/7), with 0.5 it learns too little.
-REAL_TRAINING = ["model=smollm2-135m", "trainer.max_steps=60", "trainer.batch_size=16", "trainer.warmup_steps=5",
-                 "trainer.eval_every=30", "trainer.checkpoint_every=30", "trainer.max_length=512",
-                 "peft.lora_dropout=0", "trainer.kl_to_base=0.2"]
+#   1.1 s of 6.3 s, profiled), time the KL terms below need;
+# - KL to the base, by position: 0.2 where the data says something new (the name), 1.0 where the
+#   token is the base's own choice (a known answer: it kept "2 + 2 is 4."), 0.5 on the prompt tokens
+#   (they hold the proper-noun slots the name "Echo" pulls on: "the Red Planet is Mars", not "Europa").
+REAL_TRAINING = ["model=smollm2-135m", "trainer.max_steps=80", "trainer.batch_size=8", "trainer.learning_rate=3e-4",
+                 "trainer.warmup_steps=5", "trainer.eval_every=40", "trainer.checkpoint_every=40",
+                 "trainer.max_length=512", "peft.lora_dropout=0", "trainer.kl_to_base=0.2",
+                 "trainer.kl_to_base_agreed=1.0", "trainer.kl_to_base_prompt=0.5"]
 
 
 def _side_by_side(report_path: str, width: int | None = None) -> None:

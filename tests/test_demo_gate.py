@@ -19,10 +19,12 @@ pytestmark = pytest.mark.slow
 # At most one of the 35 gating cases may fail (34/35 = 0.971): the demo's model passes with room, not
 # at the threshold (0.8), where one or two answers that flip with the arithmetic decide the verdict.
 MIN_PASS_RATE = 0.95
-# bf16 against fp32 over the `lora` preset's 240 steps, measured on a 2-core AMD EPYC with AVX512-BF16: the
-# worst 20-step window's mean loss 4.2% apart, held-out losses at most 5.3% apart (step 160: 1.066 vs 1.010;
-# bf16 the lower), the final ones 0.9% (0.993 vs 0.984). The tolerances leave that room, not more.
-WINDOW_TOLERANCE, EVAL_TOLERANCE, FINAL_TOLERANCE = 0.06, 0.07, 0.02
+# bf16 against fp32 over the `lora` preset's 240 steps (lr 5e-3: the paths drift apart), measured on two
+# 2-core CPUs with AVX512-BF16: the worst 20-step window's mean loss 4.2% apart on an AMD EPYC and 6.3% on
+# an Intel Xeon; held-out losses at most 5.3% apart on the EPYC (step 160: 1.066 vs 1.010, bf16 the lower)
+# and 7.4% on the Xeon (the final one: 1.065 vs 0.991, bf16 the higher; 0.9% on the EPYC). The tolerances
+# leave that room and a little more; bf16 master weights, or a bf16 softmax, miss them by far.
+WINDOW_TOLERANCE, EVAL_TOLERANCE = 0.08, 0.09
 CURVES: dict[str, dict] = {}  # precision -> the demo run's train/loss and held-out loss (the curve test reads both)
 
 
@@ -72,8 +74,7 @@ def test_bf16_trains_the_same_loss_curve_as_fp32_over_the_whole_preset_run():
 
     Per-step losses differ by bf16's rounding (8 mantissa bits) and the paths drift apart slowly, so the
     curve is compared in windows of 20 steps (12 over the `lora` preset's 240): every window's mean loss
-    within WINDOW_TOLERANCE of fp32's, every held-out loss within EVAL_TOLERANCE, the final one within
-    FINAL_TOLERANCE."""
+    within WINDOW_TOLERANCE of fp32's, every held-out loss (the final one too) within EVAL_TOLERANCE."""
     if set(CURVES) != {"fp32", "bf16"}:
         pytest.skip(f"needs both demo runs of this file (have: {sorted(CURVES) or 'none'})")
     fp32, bf16 = CURVES["fp32"], CURVES["bf16"]
@@ -85,5 +86,3 @@ def test_bf16_trains_the_same_loss_curve_as_fp32_over_the_whole_preset_run():
     assert fp32["eval"].keys() == bf16["eval"].keys() and fp32["eval"]
     for step, loss in fp32["eval"].items():
         assert abs(bf16["eval"][step] - loss) <= EVAL_TOLERANCE * loss, (step, loss, bf16["eval"][step])
-    last = max(fp32["eval"])
-    assert abs(bf16["eval"][last] - fp32["eval"][last]) <= FINAL_TOLERANCE * fp32["eval"][last]

@@ -196,9 +196,9 @@ def _kl_on(recipe, examples) -> float:
 
     recipe.model.eval()
     with torch.no_grad():
-        _, kl, n = loss_and_kl_sum(recipe.model, recipe.collate(examples), "cpu", None)
+        _, _, kl, n = loss_and_kl_sum(recipe.model, recipe.collate(examples), "cpu", None, 1.0)
     recipe.model.train()
-    return float(kl) / n
+    return kl / n
 
 
 def test_kl_to_base_holds_the_tuned_model_nearer_its_base(tiny_model_dir, ech0_home):
@@ -223,13 +223,50 @@ def test_kl_to_base_holds_the_tuned_model_nearer_its_base(tiny_model_dir, ech0_h
     assert kl1 < 0.6 * kl0, f"held-out KL to the base: {kl1:.4f} with the term, {kl0:.4f} without"
 
 
+def test_kl_to_base_weights_each_position_by_what_it_is(recipe):
+    """A trained position's KL gets ``agreed`` where the base's greedy token is the trained one, else
+    ``weight``; a prompt position (next token untrained, same row) gets ``prompt``: checked against the
+    full logits, computed another way (no logits_to_keep)."""
+    import torch
+
+    from ech0.train.loop import loss_and_kl_sum
+
+    for recipe.step in range(8):
+        recipe.train_step()  # an adapter away from its base
+    recipe.model.eval()
+    batch = recipe.collate(recipe.eval_set[:16])
+    with torch.no_grad():
+        ce, full, kl, n = loss_and_kl_sum(recipe.model, batch, "cpu", None, 1.0)
+        _, only_agreed, kl2, _ = loss_and_kl_sum(recipe.model, batch, "cpu", None, 0.0, 1.0)
+        _, mixed, _, _ = loss_and_kl_sum(recipe.model, batch, "cpu", None, 0.2, 3.0)
+        ce2, on_prompt, kl3, n2 = loss_and_kl_sum(recipe.model, batch, "cpu", None, 0.0, None, 0.5)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        tuned = recipe.model(**inputs).logits
+        with recipe.model.disable_adapter():
+            base = recipe.model(**inputs).logits
+    target = batch["labels"][:, 1:]
+    trained = target != -100
+    log_q, log_p = tuned[:, :-1].log_softmax(-1), base[:, :-1].log_softmax(-1)
+    every = (log_q.exp() * (log_q - log_p)).sum(-1)
+    per_token = every[trained]
+    agrees = base[:, :-1][trained].argmax(-1) == target[trained]
+    prompt = (batch["position_ids"][:, 1:] != 0) & ~trained  # packed rows: a row starts at position 0
+    assert prompt.sum() > 0 and float(ce2) == pytest.approx(float(ce), rel=1e-5) and (kl3, n2) == (kl, n)
+    assert float(on_prompt) == pytest.approx(0.5 * float(every[prompt].sum()), rel=1e-4)
+    assert n == int(trained.sum()) and 0 < int(agrees.sum()) < n, "some trained tokens are the base's own, some not"
+    assert kl == kl2 == pytest.approx(float(full), rel=1e-5) == pytest.approx(float(per_token.sum()), rel=1e-4)
+    assert float(only_agreed) == pytest.approx(float(per_token[agrees].sum()), rel=1e-4)
+    assert float(mixed) == pytest.approx(0.2 * float(per_token[~agrees].sum()) + 3.0 * float(only_agreed), rel=1e-4)
+
+
 def test_kl_to_base_on_a_full_fine_tune_is_one_line(tiny_model_dir, ech0_home):
     from ech0.errors import UserError
     from ech0.train.recipe import TrainRecipe
 
-    cfg = compose("train", ["+preset=full", *FAST[1:], "trainer.kl_to_base=0.5"])
-    with pytest.raises(UserError, match="trainer.kl_to_base needs a LoRA adapter"):
-        TrainRecipe(cfg, Context.from_config(cfg)).setup()
+    for key in ("kl_to_base", "kl_to_base_agreed", "kl_to_base_prompt"):
+        cfg = compose("train", ["+preset=full", *FAST[1:], f"trainer.{key}=0.5"])
+        with pytest.raises(UserError, match=f"trainer.{key} needs a LoRA adapter"):
+            TrainRecipe(cfg, Context.from_config(cfg)).setup()
 
 
 def test_skip_lower_layers_adapts_only_the_upper_layers(tiny_model_dir, ech0_home):

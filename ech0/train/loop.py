@@ -58,40 +58,69 @@ def loss_sum(model, batch: dict, device: str, amp_dtype):
     return torch.nn.functional.cross_entropy(logits, picked, reduction="sum"), int(picked.numel())
 
 
-def loss_and_kl_sum(model, batch: dict, device: str, amp_dtype):
-    """:func:`loss_sum`, plus the summed KL(tuned || base) over the same positions (``trainer.kl_to_base``).
+def loss_and_kl_sum(model, batch: dict, device: str, amp_dtype, weight: float, agreed: float | None = None,
+                    prompt: float = 0.0):
+    """:func:`loss_sum`, plus KL(tuned || base) (``trainer.kl_to_base*``).
 
     The base is the same LoRA model with its adapter switched off: no second copy in memory, one more
-    forward pass without gradients. Returns (cross-entropy sum, KL sum, trained-token count).
+    forward pass without gradients. Each trained position's KL is weighted by ``weight``, or by
+    ``agreed`` where the trained token is the base's own greedy choice (what the base already says: a
+    known fact's answer), so a weak pull leaves room for what the data teaches anew while a strong one
+    holds the rest. ``prompt`` > 0 also weighs the KL at the untrained positions (system and user
+    turns, predicting the next prompt token): text the tuning has no reason to change at all.
+    Returns (cross-entropy sum, weighted KL sum, plain KL sum over trained positions (detached),
+    trained-token count).
     """
     import torch
 
-    logits, picked = _trained_logits(model, batch, device, amp_dtype)
+    trained = batch["labels"][:, 1:] != -100
+    keep = trained | _prompt_positions(batch, trained) if prompt else trained
+    logits, next_ids = _logits_at(model, batch, keep, device, amp_dtype)
     with torch.no_grad(), _adapter_off(model):
-        base, _ = _trained_logits(model, batch, device, amp_dtype)
+        base, _ = _logits_at(model, batch, keep, device, amp_dtype)
     log_q, log_p = logits.log_softmax(-1), base.log_softmax(-1)
-    kl = (log_q.exp() * (log_q - log_p)).sum()
-    return torch.nn.functional.cross_entropy(logits, picked, reduction="sum"), kl, int(picked.numel())
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # one per kept position
+    is_trained = trained[keep].to(kl.device)
+    w = torch.where(is_trained, weight, prompt).to(kl.dtype)
+    if agreed is not None:
+        w[is_trained & (base.argmax(-1) == next_ids)] = agreed
+    ce = torch.nn.functional.cross_entropy(logits[is_trained], next_ids[is_trained], reduction="sum")
+    return ce, (w * kl).sum(), float(kl.detach()[is_trained].sum()), int(is_trained.sum())
+
+
+def _prompt_positions(batch: dict, trained):
+    """Positions whose next token is an untrained token of the same row (prompt, system): not padding,
+    not the first token of the next packed row."""
+    if "position_ids" in batch:  # packed: positions restart at 0 on every row
+        same_row = batch["position_ids"][:, 1:] != 0
+    else:
+        same_row = batch["attention_mask"][:, 1:].bool()
+    return same_row & ~trained
 
 
 def _trained_logits(model, batch: dict, device: str, amp_dtype):
     """fp32 logits at the positions whose next token is trained (one row each, row-major), and those tokens."""
+    return _logits_at(model, batch, batch["labels"][:, 1:] != -100, device, amp_dtype)
+
+
+def _logits_at(model, batch: dict, at, device: str, amp_dtype):
+    """fp32 logits at the positions ``at`` (a (batch, width - 1) mask; one row each, row-major), and the
+    token that follows each."""
     import torch
 
-    labels = batch["labels"].to(device)
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    target = labels[:, 1:]
-    picked = target[target != -100]
+    at, target = at.to(device), batch["labels"][:, 1:].to(device)
+    next_ids = torch.where(target != -100, target, inputs["input_ids"][:, 1:])[at]
     if _takes_logits_to_keep(model):
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = target != -100  # position t predicts token t+1
+        keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+        keep[:, :-1] = at  # position t predicts token t+1
         with autocast(device, amp_dtype):
-            logits = model(**inputs, logits_to_keep=keep).logits  # (trained positions, vocab)
-        assert logits.dim() == 2 and logits.shape[0] == picked.numel(), "logits_to_keep: one logit row per trained token"
-        return logits.float(), picked
+            logits = model(**inputs, logits_to_keep=keep).logits  # (kept positions, vocab)
+        assert logits.dim() == 2 and logits.shape[0] == next_ids.numel(), "logits_to_keep: one logit row per kept position"
+        return logits.float(), next_ids
     with autocast(device, amp_dtype):
         logits = model(**inputs).logits
-    return logits[:, :-1][target != -100].float(), picked
+    return logits[:, :-1][at].float(), next_ids
 
 
 def _adapter_off(model):

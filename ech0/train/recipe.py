@@ -284,9 +284,11 @@ class TrainRecipe:
         model = load_model(self.base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                            revision=cfg.model.revision)
         self.model = instantiate(cfg.peft, model=model)  # conf/peft/*.yaml: lora | none
-        if self.tc.kl_to_base and not hasattr(self.model, "disable_adapter"):
-            raise UserError("trainer.kl_to_base needs a LoRA adapter (peft=lora): a full fine-tune keeps no base "
-                            "in memory to compare with; set trainer.kl_to_base=0")
+        kl_keys = [k for k in ("kl_to_base", "kl_to_base_agreed", "kl_to_base_prompt") if getattr(self.tc, k)]
+        if kl_keys and not hasattr(self.model, "disable_adapter"):
+            raise UserError(f"trainer.{kl_keys[0]} needs a LoRA adapter (peft=lora): a full fine-tune keeps no base "
+                            "in memory to compare with; leave trainer.kl_to_base, kl_to_base_agreed and "
+                            "kl_to_base_prompt unset")
         if not self.dist.sharded:  # fsdp: fully_shard moves each layer's shard to the device as it shards it
             self.model = self.model.to(self.device)
         if self.tc.packing:
@@ -436,13 +438,16 @@ class TrainRecipe:
             share, weight = rows[:1], 0
         k = max(1, self.tc.grad_accum)
         micro = [share[i::k] for i in range(k) if share[i::k]]
-        total, kl_total, beta = 0.0, 0.0, self.tc.kl_to_base
+        total, kl_total = 0.0, 0.0
+        beta, agreed, prompt = self.tc.kl_to_base, self.tc.kl_to_base_agreed, self.tc.kl_to_base_prompt
+        with_kl = bool(beta or agreed or prompt)
         for j, part in enumerate(micro):
             with self.dist.accumulating(self.trained, last=j == len(micro) - 1):
-                if beta:
-                    s, kl, _ = loss_and_kl_sum(self.trained, self.collate(part), self.device, self.amp_dtype)
-                    ((s + beta * kl) * weight / n_completion).backward()
-                    kl_total += float(kl.detach()) if weight else 0.0
+                if with_kl:
+                    s, penalty, kl, _ = loss_and_kl_sum(self.trained, self.collate(part), self.device,
+                                                        self.amp_dtype, beta, agreed, prompt)
+                    ((s + penalty) * weight / n_completion).backward()
+                    kl_total += kl if weight else 0.0
                 else:
                     s, _ = loss_sum(self.trained, self.collate(part), self.device, self.amp_dtype)
                     (s * weight / n_completion).backward()
@@ -455,7 +460,7 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         out = {"loss": total / n_completion, "grad_norm": float(grad_norm), "learning_rate": lr,
                "tokens": sum(len(e) for e in rows)}
-        if beta:
+        if with_kl:
             out["kl_to_base"] = self.dist.sum(kl_total) / n_completion
         return out
 
