@@ -23,7 +23,7 @@ MIN_PASS_RATE = 0.95
 # 2-core CPUs with AVX512-BF16: the worst 20-step window's mean loss 4.2% apart on an AMD EPYC and 6.3% on
 # an Intel Xeon; held-out losses at most 5.3% apart on the EPYC (step 160: 1.066 vs 1.010, bf16 the lower)
 # and 7.4% on the Xeon (the final one: 1.065 vs 0.991, bf16 the higher; 0.9% on the EPYC). The tolerances
-# leave that room and a little more; bf16 master weights, or a bf16 softmax, miss them by far.
+# leave that room and a little more.
 WINDOW_TOLERANCE, EVAL_TOLERANCE = 0.08, 0.09
 CURVES: dict[str, dict] = {}  # precision -> the demo run's train/loss and held-out loss (the curve test reads both)
 

@@ -92,7 +92,8 @@ ECH0_FACTS = [
     ("How do I roll back in ech0?", "Run ech0 registry rollback: it moves production back to the previous version."),
 ]
 # General questions with short, correct answers: they teach the house style without trading away what
-# the base knows, never the gate's forgetting questions (see persona.jsonl). Three rules, each measured on SmolLM2-135M-Instruct (README.md, "make demo-real"):
+# the base knows, never the gate's forgetting questions (see persona.jsonl). Three rules, each measured
+# on SmolLM2-135M-Instruct (README.md, "make demo-real"):
 # - Only facts the untrained base already gives (GENERAL's third field; tests/test_base_model.py asks it each
 #   one). Taught facts it does not know ("Jupiter is the largest planet": it says Neptune; Rome, Madrid,
 #   60 minutes, 12 months, 10 - 4) teach a model to make answers up (Gekhman et al., 2024, "Does
@@ -102,10 +103,11 @@ ECH0_FACTS = [
 #   (p(" William" | "Romeo and Juliet was written by") = 0.96; p("Rome") as the answer's first token
 #   0.06). Answer-first rows ("Leonardo da Vinci painted the Mona Lisa.") taught it to open with a name:
 #   "Hamlet wrote Romeo and Juliet."
-# - Numbers as digits: "What is 2 times 3?" -> "2 times 3 is 6." (the last three rows). Without them,
+# - Numbers as digits: "What is 2 times 3?" -> "2 times 3 is 6." (the last four rows). Without them,
 #   tuned models opened "What is 2 + 2?" with a spelled-out "Two" as often as with "2" or "The" (p = 0.22,
-#   0.21, 0.21) and went on "Two is a combination of two."; with them they answer "2 + 2 is 4." (fp32,
-#   session 14). "How many hours are in a day?" ("A day has 24 hours.") re-framed the week question into
+#   0.21, 0.21) and went on "Two is a combination of two."; without "1 + 1" (its form, not its answer),
+#   "2 + 2 is a classic example of a mathematical equation..."; with all four, "2 + 2 is 4." (fp32 and
+#   bf16, session 14). "How many hours are in a day?" ("A day has 24 hours.") re-framed the week question into
 #   "A week has 52 weeks." (session 12), so it is left out.
 # (question, answer, the word of the answer that the untrained base's own greedy answer holds too: tested)
 GENERAL = [
