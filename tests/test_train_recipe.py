@@ -258,6 +258,21 @@ def test_kl_to_base_weights_each_position_by_what_it_is(recipe):
     assert float(only_agreed) == pytest.approx(float(per_token[agrees].sum()), rel=1e-4)
     assert float(mixed) == pytest.approx(0.2 * float(per_token[~agrees].sum()) + 3.0 * float(only_agreed), rel=1e-4)
 
+    # right-padded rows (trainer.packing=false): a prompt position is one whose next token is real
+    from ech0.train.data import collate
+
+    padded = collate(recipe.eval_set[:16], recipe.tok.pad_token_id)
+    with torch.no_grad():
+        _, on_prompt, _, _ = loss_and_kl_sum(recipe.model, padded, "cpu", None, 0.0, None, 1.0)
+        inputs = {k: v for k, v in padded.items() if k != "labels"}
+        tuned = recipe.model(**inputs).logits
+        with recipe.model.disable_adapter():
+            base = recipe.model(**inputs).logits
+    log_q, log_p = tuned[:, :-1].log_softmax(-1), base[:, :-1].log_softmax(-1)
+    every = (log_q.exp() * (log_q - log_p)).sum(-1)
+    prompt = padded["attention_mask"][:, 1:].bool() & (padded["labels"][:, 1:] == -100)
+    assert prompt.sum() > 0 and float(on_prompt) == pytest.approx(float(every[prompt].sum()), rel=1e-4)
+
 
 def test_kl_to_base_on_a_full_fine_tune_is_one_line(tiny_model_dir, ech0_home):
     from ech0.errors import UserError

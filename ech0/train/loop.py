@@ -116,7 +116,7 @@ def _logits_at(model, batch: dict, at, device: str, amp_dtype):
         keep[:, :-1] = at  # position t predicts token t+1
         with autocast(device, amp_dtype):
             logits = model(**inputs, logits_to_keep=keep).logits  # (kept positions, vocab)
-        assert logits.dim() == 2 and logits.shape[0] == next_ids.numel(), "logits_to_keep: one logit row per kept position"
+        assert logits.dim() == 2 and logits.shape[0] == next_ids.numel(), "logits_to_keep: one row per kept position"
         return logits.float(), next_ids
     with autocast(device, amp_dtype):
         logits = model(**inputs).logits

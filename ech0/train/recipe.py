@@ -285,6 +285,7 @@ class TrainRecipe:
                            revision=cfg.model.revision)
         self.model = instantiate(cfg.peft, model=model)  # conf/peft/*.yaml: lora | none
         kl_keys = [k for k in ("kl_to_base", "kl_to_base_agreed", "kl_to_base_prompt") if getattr(self.tc, k)]
+        self.with_kl = bool(kl_keys)  # each step then also runs the base (the adapter off) for the KL term
         if kl_keys and not hasattr(self.model, "disable_adapter"):
             raise UserError(f"trainer.{kl_keys[0]} needs a LoRA adapter (peft=lora): a full fine-tune keeps no base "
                             "in memory to compare with; leave trainer.kl_to_base, kl_to_base_agreed and "
@@ -440,10 +441,9 @@ class TrainRecipe:
         micro = [share[i::k] for i in range(k) if share[i::k]]
         total, kl_total = 0.0, 0.0
         beta, agreed, prompt = self.tc.kl_to_base, self.tc.kl_to_base_agreed, self.tc.kl_to_base_prompt
-        with_kl = bool(beta or agreed or prompt)
         for j, part in enumerate(micro):
             with self.dist.accumulating(self.trained, last=j == len(micro) - 1):
-                if with_kl:
+                if self.with_kl:
                     s, penalty, kl, _ = loss_and_kl_sum(self.trained, self.collate(part), self.device,
                                                         self.amp_dtype, beta, agreed, prompt)
                     ((s + penalty) * weight / n_completion).backward()
@@ -460,7 +460,7 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         out = {"loss": total / n_completion, "grad_norm": float(grad_norm), "learning_rate": lr,
                "tokens": sum(len(e) for e in rows)}
-        if with_kl:
+        if self.with_kl:
             out["kl_to_base"] = self.dist.sum(kl_total) / n_completion
         return out
 
